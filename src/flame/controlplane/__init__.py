@@ -1,0 +1,2 @@
+"""What the apiserver and the controller share: the public service catalogue and
+the metadata keys that carry identities between them."""

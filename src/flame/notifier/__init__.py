@@ -1,0 +1,1 @@
+"""The notifier: durable per-subscriber event streams for flamelets and deployers."""

@@ -1,0 +1,205 @@
+"""The gRPC server every Flame service runs on.
+
+`start_server` builds a `grpc.aio` server with the standard health service,
+server reflection, the domain-error interceptor and message-size limits, binds
+it (TLS, mutual TLS, or plaintext when asked for) and starts it. `serve_until_signal`
+keeps it running until SIGTERM or SIGINT, then drains calls for a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flame.rpc.errors import FlameError, to_rpc_status
+from flame.rpc.tls import ServerTls
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "RunningServer",
+    "ServerOptions",
+    "Service",
+    "bind",
+    "serve_until_signal",
+    "start_server",
+]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service to serve: its full name and how to register its servicer."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Where and how a server listens. `tls=None` serves plaintext, which callers
+    must have asked for explicitly (the command-line layer enforces that)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: ServerTls | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    grace_seconds: float = 5.0
+
+
+@dataclass
+class RunningServer:
+    """A started server, its bound address and its health servicer."""
+
+    server: grpc.aio.Server
+    host: str
+    port: int
+    health: health.aio.HealthServicer
+    grace_seconds: float
+
+    @property
+    def address(self) -> str:
+        """`host:port`, or `unix:PATH` for a Unix socket."""
+        return self.host if self.host.startswith("unix:") else f"{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, then stop, letting calls in flight finish within the grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_seconds)
+
+
+class _DomainErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns a `FlameError` raised by a handler into its rich status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return _wrap_handler(handler)
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_guard_unary(handler.unary_unary), **serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            _guard_unary(handler.stream_unary), **serializers
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _guard_stream(handler.unary_stream), **serializers
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        _guard_stream(handler.stream_stream), **serializers
+    )
+
+
+def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except FlameError as error:
+            await context.abort_with_status(to_rpc_status(error))  # type: ignore[attr-defined]
+        except NotImplementedError:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+
+    return guarded
+
+
+def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except FlameError as error:
+            await context.abort_with_status(to_rpc_status(error))  # type: ignore[attr-defined]
+        except NotImplementedError:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+
+    return guarded
+
+
+async def start_server(
+    services: Sequence[Service],
+    options: ServerOptions,
+    *,
+    generic_handler: grpc.GenericRpcHandler | None = None,
+    generic_service_names: Sequence[str] = (),
+) -> RunningServer:
+    """Build, bind and start a server for `services`, with health and reflection.
+
+    `generic_handler` serves `generic_service_names` without generated servicers
+    (the apiserver's forwarding proxy).
+    """
+    limits = [
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", options.max_message_bytes),
+    ]
+    server = grpc.aio.server(interceptors=[_DomainErrorInterceptor()], options=limits)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in services:
+        service.register(server)
+    if generic_handler is not None:
+        server.add_generic_rpc_handlers([generic_handler])
+    names = [service.name for service in services] + list(generic_service_names)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    unix = options.host.startswith("unix:")
+    address = options.host if unix else f"{options.host}:{options.port}"
+    if options.tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, options.tls.credentials())
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, options.host, port, health_servicer, options.grace_seconds)
+
+
+async def serve_until_signal(
+    running: RunningServer, *, on_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Wait for SIGTERM or SIGINT, then stop gracefully and run `on_stop`."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server_done = asyncio.ensure_future(running.server.wait_for_termination())
+    signalled = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({server_done, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    _log.info("shutting down", extra={"address": running.address})
+    await running.stop()
+    if on_stop is not None:
+        await on_stop()
+    for task in (server_done, signalled):
+        task.cancel()
+
+
+def bind(
+    descriptor: Any, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any
+) -> Service:
+    """Describe a servicer to serve: `descriptor` is the service's ServiceDescriptor,
+    `add_to_server` the generated `add_<Name>Servicer_to_server`."""
+    return Service(descriptor.full_name, lambda server: add_to_server(servicer, server))

@@ -1,0 +1,29 @@
+"""Fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.mongo import secantus_server
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A SecantusDB server for the whole run, with fresh storage."""
+    with secantus_server(tmp_path_factory.mktemp("secantus") / "db") as uri:
+        yield uri
+
+
+@pytest.fixture
+def database_name() -> str:
+    """A database name no other test uses, so every test starts from empty state."""
+    return f"flame_test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
