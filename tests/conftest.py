@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.controlplane import ControlPlane, running_control_plane
 from tests.support.mongo import secantus_server
 
 
@@ -27,3 +28,11 @@ def database_name() -> str:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def control_plane(mongo_uri: str) -> Iterator[ControlPlane]:
+    """A controller and an apiserver for the whole run, on their own database.
+    Tests isolate themselves by creating their own users."""
+    with running_control_plane(mongo_uri, f"flame_cp_{uuid.uuid4().hex[:8]}") as plane:
+        yield plane

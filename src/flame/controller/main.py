@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
-from flame.controller.app import controller_services, open_database
+from flame.controller.app import (
+    DEFAULT_MAX_CODE_BYTES,
+    ControllerSettings,
+    controller_services,
+    open_database,
+    open_stores,
+)
+from flame.controller.app import bootstrap_admin as create_bootstrap_admin
+from flame.controller.caller import InternalKeyInterceptor
+from flame.controller.jobbuilder import Broker, PlatformParams, Registry
 from flame.rpc.command import announce, run_server, server_command_options, server_options
 from flame.rpc.server import serve_until_signal, start_server
 
 __all__ = ["main"]
+
+# The bootstrap admin's token comes from the environment, never a flag, so it
+# does not show in process listings.
+BOOTSTRAP_TOKEN_ENV = "FLAME_CONTROLLER_BOOTSTRAP_ADMIN_TOKEN"
+
+
+def _parse_sort_value(value: str, option: str) -> tuple[str, str]:
+    sort, separator, rest = value.partition("=")
+    if not separator or not sort or not rest:
+        raise click.BadParameter(f"expected SORT=VALUE, got '{value}'", param_hint=option)
+    return sort, rest
 
 
 @click.command(context_settings={"auto_envvar_prefix": "FLAME_CONTROLLER"})
@@ -20,6 +41,15 @@ __all__ = ["main"]
 @click.option(
     "--internal-key", required=True, help="Secret shared with the apiserver (env recommended)."
 )
+@click.option(
+    "--broker",
+    "brokers",
+    multiple=True,
+    help="Data-plane broker handed to tasks, SORT=HOST[:PORT], e.g. mqtt=127.0.0.1:1883.",
+)
+@click.option("--registry", default="", help="Model registry handed to tasks, SORT=URI.")
+@click.option("--max-code-bytes", default=DEFAULT_MAX_CODE_BYTES, show_default=True)
+@click.option("--bootstrap-admin", default="", help=f"Admin user to create with ${BOOTSTRAP_TOKEN_ENV}.")
 def main(
     host: str,
     port: int,
@@ -31,6 +61,10 @@ def main(
     mongo_uri: str,
     database: str,
     internal_key: str,
+    brokers: tuple[str, ...],
+    registry: str,
+    max_code_bytes: int,
+    bootstrap_admin: str,
 ) -> None:
     """Run the Flame controller."""
     options = server_options(
@@ -41,10 +75,28 @@ def main(
         tls_client_ca=tls_client_ca,
         plaintext=plaintext,
     )
+    registry_sort, registry_uri = _parse_sort_value(registry, "--registry") if registry else ("", "")
+    settings = ControllerSettings(
+        params=PlatformParams(
+            brokers=tuple(Broker(*_parse_sort_value(item, "--broker")) for item in brokers),
+            registry=Registry(registry_sort, registry_uri),
+        ),
+        max_code_bytes=max_code_bytes,
+    )
+    admin_token = os.environ.get(BOOTSTRAP_TOKEN_ENV, "")
+    if bootstrap_admin and not admin_token:
+        raise click.UsageError(f"--bootstrap-admin needs ${BOOTSTRAP_TOKEN_ENV}")
 
     async def serve() -> None:
         client, db = await open_database(mongo_uri, database)
-        running = await start_server(controller_services(db, internal_key=internal_key), options)
+        stores = await open_stores(db)
+        if bootstrap_admin:
+            await create_bootstrap_admin(stores, bootstrap_admin, admin_token)
+        running = await start_server(
+            controller_services(stores, settings),
+            options,
+            interceptors=[InternalKeyInterceptor(internal_key)],
+        )
         announce("flame-controller", running)
 
         async def close() -> None:
@@ -53,3 +105,4 @@ def main(
         await serve_until_signal(running, on_stop=close)
 
     run_server("flame-controller", log_level, serve)
+

@@ -28,6 +28,7 @@ __all__ = [
     "ServerOptions",
     "Service",
     "bind",
+    "wrap_handler",
     "serve_until_signal",
     "start_server",
 ]
@@ -89,26 +90,32 @@ class _DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap_handler(handler)
+        return wrap_handler(handler, _guard_unary, _guard_stream)
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    wrap_unary: Callable[[Callable[..., Any]], Callable[..., Any]],
+    wrap_stream: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` whose behavior is wrapped: with
+    `wrap_unary` when it returns one response, `wrap_stream` when it streams."""
     serializers = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_guard_unary(handler.unary_unary), **serializers)
+        return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **serializers)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            _guard_unary(handler.stream_unary), **serializers
+            wrap_unary(handler.stream_unary), **serializers
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            _guard_stream(handler.unary_stream), **serializers
+            wrap_stream(handler.unary_stream), **serializers
         )
     return grpc.stream_stream_rpc_method_handler(
-        _guard_stream(handler.stream_stream), **serializers
+        wrap_stream(handler.stream_stream), **serializers
     )
 
 
@@ -143,17 +150,21 @@ async def start_server(
     *,
     generic_handler: grpc.GenericRpcHandler | None = None,
     generic_service_names: Sequence[str] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
     """Build, bind and start a server for `services`, with health and reflection.
 
     `generic_handler` serves `generic_service_names` without generated servicers
-    (the apiserver's forwarding proxy).
+    (the apiserver's forwarding proxy). `interceptors` run before the one that
+    maps domain errors to status.
     """
     limits = [
         ("grpc.max_receive_message_length", options.max_message_bytes),
         ("grpc.max_send_message_length", options.max_message_bytes),
     ]
-    server = grpc.aio.server(interceptors=[_DomainErrorInterceptor()], options=limits)
+    server = grpc.aio.server(
+        interceptors=[*interceptors, _DomainErrorInterceptor()], options=limits
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in services:

@@ -1,0 +1,101 @@
+"""DatasetService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flame.controller.caller import caller_of
+from flame.controller.masks import mask_paths
+from flame.controller.pagination import decode_token, next_page, page_size
+from flame.controller.store.computes import ComputeStore
+from flame.controller.store.datasets import DatasetStore
+from flame.controller.validation import resolve_realm, validate_dataset
+from flame.data.v1 import dataset_pb2
+from flame.data.v1 import dataset_service_pb2 as pb
+from flame.data.v1 import dataset_service_pb2_grpc
+from flame.rpc.errors import NotFound
+
+__all__ = ["DatasetServicer"]
+
+Context = Any
+_MUTABLE = ("name", "description", "url", "data_format", "realm", "is_public")
+
+
+class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
+    """Datasets of the calling user, and public ones for reading."""
+
+    def __init__(self, datasets: DatasetStore, computes: ComputeStore) -> None:
+        self._datasets = datasets
+        self._computes = computes
+
+    async def CreateDataset(
+        self, request: pb.CreateDatasetRequest, context: Context
+    ) -> pb.CreateDatasetResponse:
+        caller = caller_of(context)
+        dataset = await self._resolved(request.dataset)
+        return pb.CreateDatasetResponse(dataset=await self._datasets.create(caller.user_id, dataset))
+
+    async def GetDataset(self, request: pb.GetDatasetRequest, context: Context) -> pb.GetDatasetResponse:
+        caller = caller_of(context)
+        return pb.GetDatasetResponse(dataset=await self._datasets.get(caller.user_id, request.dataset_id))
+
+    async def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: Context
+    ) -> pb.ListDatasetsResponse:
+        caller = caller_of(context)
+        limit = page_size(request.page_size)
+        query = ["datasets", caller.user_id, request.include_public]
+        after = decode_token(request.page_token, query)
+        datasets = await self._datasets.list(
+            caller.user_id, include_public=request.include_public, after=after, limit=limit + 1
+        )
+        page, token = next_page(datasets, limit, lambda dataset: dataset.id, query)
+        return pb.ListDatasetsResponse(datasets=page, next_page_token=token)
+
+    async def UpdateDataset(
+        self, request: pb.UpdateDatasetRequest, context: Context
+    ) -> pb.UpdateDatasetResponse:
+        caller = caller_of(context)
+        paths = mask_paths(request.update_mask, _MUTABLE)
+        current = await self._datasets.get(caller.user_id, request.dataset.id)
+        if current.owner != caller.user_id:
+            # Others' public datasets are readable, never writable: answer as if absent.
+            raise NotFound(
+                "DATASET_NOT_FOUND",
+                f"dataset '{request.dataset.id}' not found",
+                metadata={"dataset": request.dataset.id},
+            )
+        updated = dataset_pb2.Dataset()
+        updated.CopyFrom(current)
+        for path in paths:
+            setattr(updated, path, getattr(request.dataset, path))
+        if "realm" not in paths:
+            # Keep the stored resolution unless the realm itself changes.
+            return pb.UpdateDatasetResponse(
+                dataset=await self._datasets.replace(caller.user_id, _validated(updated))
+            )
+        resolved = await self._resolved(updated)
+        return pb.UpdateDatasetResponse(dataset=await self._datasets.replace(caller.user_id, resolved))
+
+    async def DeleteDataset(
+        self, request: pb.DeleteDatasetRequest, context: Context
+    ) -> pb.DeleteDatasetResponse:
+        caller = caller_of(context)
+        await self._datasets.delete(caller.user_id, request.dataset_id)
+        return pb.DeleteDatasetResponse()
+
+    async def _resolved(self, dataset: dataset_pb2.Dataset) -> dataset_pb2.Dataset:
+        """The dataset validated, with its realm resolved to a compute."""
+        resolved = _validated(dataset)
+        realm, compute_id = resolve_realm(
+            dataset.realm, dataset.is_public, await self._computes.all()
+        )
+        resolved.realm, resolved.compute_id = realm, compute_id
+        return resolved
+
+
+def _validated(dataset: dataset_pb2.Dataset) -> dataset_pb2.Dataset:
+    validate_dataset(dataset)
+    copy = dataset_pb2.Dataset()
+    copy.CopyFrom(dataset)
+    return copy
