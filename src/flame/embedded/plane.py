@@ -187,11 +187,11 @@ def _write_config(home: Path, ca: CertificateAuthority, endpoint: str, env: dict
 
 def down(home: Path) -> list[Component]:
     """Stop everything `up` started under `home` (and nothing else); return what was stopped."""
-    components = _read_state(home)
-    for component in reversed(components):
+    stopped = list(reversed(_read_state(home)))
+    for component in stopped:
         stop_process_group(component.pid)
     _state_file(home).unlink(missing_ok=True)
-    return components
+    return stopped
 
 
 def status(home: Path) -> list[ComponentHealth]:
