@@ -31,7 +31,7 @@ from flame.embedded.processes import (
 )
 from flame.rpc.certs import CertificateAuthority
 
-__all__ = ["Component", "ComponentHealth", "down", "status", "up"]
+__all__ = ["Component", "ComponentHealth", "down", "internal_key_file", "status", "up"]
 
 ADMIN_USER = "admin"
 _START_TIMEOUT = 60.0
@@ -97,7 +97,20 @@ def up(home: Path, *, log: Callable[[str], None] = lambda _: None) -> list[Compo
     finally:
         _write_state(home, components)
     _write_config(home, ca, components[-1].address, secrets_env)
+    _write_secret(internal_key_file(home), internal_key)
     return components
+
+
+def internal_key_file(home: Path) -> Path:
+    """Where `up` keeps the apiserver–controller key, for tools that talk to the
+    controller directly (the control-plane benchmark)."""
+    return home / "run" / "internal.key"
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(secret)
 
 
 def _admin_token(home: Path) -> str:
@@ -180,9 +193,7 @@ def _write_config(home: Path, ca: CertificateAuthority, endpoint: str, env: dict
         "token": env["FLAME_CONTROLLER_BOOTSTRAP_ADMIN_TOKEN"],
         "tls": {"ca_file": str(ca.cert_file)},
     }
-    path = home / "config.yaml"
-    path.touch(mode=0o600)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    _write_secret(home / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
 def down(home: Path) -> list[Component]:
@@ -191,6 +202,7 @@ def down(home: Path) -> list[Component]:
     for component in stopped:
         stop_process_group(component.pid)
     _state_file(home).unlink(missing_ok=True)
+    internal_key_file(home).unlink(missing_ok=True)
     return stopped
 
 

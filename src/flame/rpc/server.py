@@ -82,6 +82,11 @@ class RunningServer:
 class _DomainErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns a `FlameError` raised by a handler into its rich status."""
 
+    def __init__(self) -> None:
+        # Handlers are fixed per method, so each is wrapped once, not on every call.
+        self._wrapped: dict[int, grpc.RpcMethodHandler] = {}
+        self._originals: list[grpc.RpcMethodHandler] = []
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -90,7 +95,13 @@ class _DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return wrap_handler(handler, _guard_unary, _guard_stream)
+        wrapped = self._wrapped.get(id(handler))
+        if wrapped is None:
+            wrapped = wrap_handler(handler, _guard_unary, _guard_stream)
+            # Keep `handler` alive with its wrapper so its id is never reused.
+            self._wrapped[id(handler)] = wrapped
+            self._originals.append(handler)
+        return wrapped
 
 
 def wrap_handler(
