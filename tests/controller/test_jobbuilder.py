@@ -23,7 +23,7 @@ from flame.data.v1 import dataset_pb2
 from flame.design.v1 import design_pb2
 from flame.job.v1 import job_pb2
 from flame.rpc.errors import InvalidArgument
-from tests.support.examples import EXAMPLES
+from tests.support.examples import EXAMPLE_DATASETS, EXAMPLES
 
 PARAMS = PlatformParams(
     brokers=(Broker("mqtt", "localhost"), Broker("p2p", "localhost:10104")),
@@ -31,16 +31,7 @@ PARAMS = PlatformParams(
 )
 JOB_ID = "65a0c0ffee0000000000beef"
 
-# Dataset files of each example, by the id its dataSpec.json gives them.
-DATASET_FILES = {
-    "mnist": {"64132c15981345ad7b31da47": "dataset.json"},
-    "hier_mnist": {
-        "624b4417dad565fc66f8a0ee": "dataset_eu_germany.json",
-        "624b4428dad565fc66f8a0ef": "dataset_eu_uk.json",
-        "624b4430dad565fc66f8a0f0": "dataset_na_canada.json",
-        "624b4437dad565fc66f8a0f1": "dataset_na_us.json",
-    },
-}
+DATASET_FILES = EXAMPLE_DATASETS
 
 Json = dict[str, Any]
 

@@ -28,6 +28,7 @@ class ControlPlane:
     controller: ServerProcess
     admin_token: str
     internal_key: str
+    database: str = ""
 
     @property
     def apiserver_address(self) -> str:
@@ -85,4 +86,4 @@ def running_control_plane(
             "--controller-plaintext",
         ]
         apiserver = stack.enter_context(start_server_process(apiserver_args, env=environment))
-        yield ControlPlane(apiserver, controller, admin_token, internal_key)
+        yield ControlPlane(apiserver, controller, admin_token, internal_key, database)

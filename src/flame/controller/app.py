@@ -11,6 +11,8 @@ from flame.agent.v1 import agent_service_pb2, agent_service_pb2_grpc
 from flame.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from flame.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
 from flame.controller.jobbuilder import PlatformParams
+from flame.controller.lifecycle import JobManager
+from flame.controller.servicers.agents import AgentServicer
 from flame.controller.servicers.computes import ComputeServicer
 from flame.controller.servicers.datasets import DatasetServicer
 from flame.controller.servicers.designs import DesignServicer
@@ -21,6 +23,7 @@ from flame.controller.store.datasets import DatasetStore
 from flame.controller.store.designs import DesignStore
 from flame.controller.store.documents import Document
 from flame.controller.store.jobs import JobStore
+from flame.controller.store.peers import PeerStore
 from flame.controller.store.users import UserStore
 from flame.data.v1 import dataset_service_pb2, dataset_service_pb2_grpc
 from flame.design.v1 import design_service_pb2, design_service_pb2_grpc
@@ -51,6 +54,7 @@ class Stores:
     datasets: DatasetStore
     computes: ComputeStore
     jobs: JobStore
+    peers: PeerStore
 
 
 async def open_database(
@@ -72,8 +76,9 @@ async def open_stores(db: AsyncDatabase[Document]) -> Stores:
         datasets=DatasetStore(db),
         computes=ComputeStore(db),
         jobs=JobStore(db),
+        peers=PeerStore(db),
     )
-    for store in (stores.users, stores.designs, stores.datasets, stores.jobs):
+    for store in (stores.users, stores.designs, stores.datasets, stores.jobs, stores.peers):
         await store.ensure_indexes()
     return stores
 
@@ -91,7 +96,9 @@ async def bootstrap_admin(stores: Stores, user_id: str, token: str) -> None:
     await stores.users.create_token(user_id, "bootstrap admin token", secret=token)
 
 
-def controller_services(stores: Stores, settings: ControllerSettings) -> list[Service]:
+def controller_services(
+    stores: Stores, settings: ControllerSettings, manager: JobManager
+) -> list[Service]:
     """The services a controller serves."""
     return [
         bind(
@@ -107,7 +114,7 @@ def controller_services(stores: Stores, settings: ControllerSettings) -> list[Se
         bind(
             job_service_pb2.DESCRIPTOR.services_by_name["JobService"],
             job_service_pb2_grpc.add_JobServiceServicer_to_server,
-            JobServicer(stores.jobs, stores.designs, stores.datasets, settings.params),
+            JobServicer(stores.jobs, stores.designs, stores.datasets, settings.params, manager),
         ),
         bind(
             user_service_pb2.DESCRIPTOR.services_by_name["UserService"],
@@ -117,12 +124,12 @@ def controller_services(stores: Stores, settings: ControllerSettings) -> list[Se
         bind(
             compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"],
             compute_service_pb2_grpc.add_ComputeServiceServicer_to_server,
-            ComputeServicer(stores.computes),
+            ComputeServicer(stores.computes, stores.jobs, manager),
         ),
         bind(
             agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"],
             agent_service_pb2_grpc.add_AgentServiceServicer_to_server,
-            agent_service_pb2_grpc.AgentServiceServicer(),
+            AgentServicer(stores.jobs, stores.designs, stores.peers, manager),
         ),
         bind(
             auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"],

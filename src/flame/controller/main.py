@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -16,9 +17,14 @@ from flame.controller.app import (
 )
 from flame.controller.app import bootstrap_admin as create_bootstrap_admin
 from flame.controller.caller import InternalKeyInterceptor
+from flame.controller.events import EventPublisher
 from flame.controller.jobbuilder import Broker, PlatformParams, Registry
+from flame.controller.lifecycle import JobManager
+from flame.notify.v1 import notify_service_pb2_grpc
+from flame.rpc.client import open_channel
 from flame.rpc.command import announce, run_server, server_command_options, server_options
 from flame.rpc.server import serve_until_signal, start_server
+from flame.rpc.tls import ClientTls
 
 __all__ = ["main"]
 
@@ -48,6 +54,9 @@ def _parse_sort_value(value: str, option: str) -> tuple[str, str]:
     help="Data-plane broker handed to tasks, SORT=HOST[:PORT], e.g. mqtt=127.0.0.1:1883.",
 )
 @click.option("--registry", default="", help="Model registry handed to tasks, SORT=URI.")
+@click.option("--notifier", default="", help="Notifier address, host:port; needed to run jobs.")
+@click.option("--notifier-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--notifier-plaintext", is_flag=True, help="Reach the notifier without TLS.")
 @click.option("--max-code-bytes", default=DEFAULT_MAX_CODE_BYTES, show_default=True)
 @click.option("--bootstrap-admin", default="", help=f"Admin user to create with ${BOOTSTRAP_TOKEN_ENV}.")
 def main(
@@ -63,6 +72,9 @@ def main(
     internal_key: str,
     brokers: tuple[str, ...],
     registry: str,
+    notifier: str,
+    notifier_ca: Path | None,
+    notifier_plaintext: bool,
     max_code_bytes: int,
     bootstrap_admin: str,
 ) -> None:
@@ -87,19 +99,34 @@ def main(
     if bootstrap_admin and not admin_token:
         raise click.UsageError(f"--bootstrap-admin needs ${BOOTSTRAP_TOKEN_ENV}")
 
+    if notifier and not (notifier_plaintext or notifier_ca):
+        raise click.UsageError("give --notifier-ca, or --notifier-plaintext")
+    notifier_tls = None if notifier_plaintext else ClientTls(ca_file=notifier_ca)
+
     async def serve() -> None:
         client, db = await open_database(mongo_uri, database)
         stores = await open_stores(db)
         if bootstrap_admin:
             await create_bootstrap_admin(stores, bootstrap_admin, admin_token)
+        channel = open_channel(notifier, tls=notifier_tls) if notifier else None
+        publisher = (
+            EventPublisher(notify_service_pb2_grpc.NotifyServiceStub(channel)) if channel else None
+        )
+        manager = JobManager(stores.jobs, publisher)
         running = await start_server(
-            controller_services(stores, settings),
+            controller_services(stores, settings, manager),
             options,
             interceptors=[InternalKeyInterceptor(internal_key)],
         )
+        stopping = asyncio.Event()
+        reconciler = asyncio.create_task(manager.run(stopping))
         announce("flame-controller", running)
 
         async def close() -> None:
+            stopping.set()
+            await reconciler
+            if channel is not None:
+                await channel.close()
             await client.close()
 
         await serve_until_signal(running, on_stop=close)

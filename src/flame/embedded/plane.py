@@ -91,9 +91,13 @@ def up(home: Path, *, log: Callable[[str], None] = lambda _: None) -> list[Compo
     }
     components: list[Component] = []
     try:
-        components.append(_start_database(home, log))
-        components.append(_start_controller(home, ca, components[0].address, secrets_env, log))
-        components.append(_start_apiserver(home, ca, components[1].address, secrets_env, log))
+        database = _start_database(home, log)
+        components.append(database)
+        notifier = _start_notifier(home, ca, database.address, log)
+        components.append(notifier)
+        controller = _start_controller(home, ca, database.address, notifier.address, secrets_env, log)
+        components.append(controller)
+        components.append(_start_apiserver(home, ca, controller.address, secrets_env, log))
     finally:
         _write_state(home, components)
     _write_config(home, ca, components[-1].address, secrets_env)
@@ -140,10 +144,25 @@ def _start_database(home: Path, log: Callable[[str], None]) -> Component:
     return Component("secantusdb", pid, f"127.0.0.1:{port}", tls=False)
 
 
+def _start_notifier(
+    home: Path, ca: CertificateAuthority, database: str, log: Callable[[str], None]
+) -> Component:
+    cert = ca.issue("notifier")
+    command = [
+        str(_BIN / "flame-notifier"),
+        "--tls-cert", str(cert.cert_file),
+        "--tls-key", str(cert.key_file),
+        "--mongo-uri", f"mongodb://{database}/",
+        "--database", "flame_notifier",
+    ]
+    return _start_server("notifier", home, command, {}, log)
+
+
 def _start_controller(
     home: Path,
     ca: CertificateAuthority,
     database: str,
+    notifier: str,
     env: dict[str, str],
     log: Callable[[str], None],
 ) -> Component:
@@ -154,6 +173,8 @@ def _start_controller(
         "--tls-key", str(cert.key_file),
         "--mongo-uri", f"mongodb://{database}/",
         "--bootstrap-admin", ADMIN_USER,
+        "--notifier", notifier,
+        "--notifier-ca", str(ca.cert_file),
     ]
     return _start_server("controller", home, command, env, log)
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import field_mask_pb2
 
 from flame.controller.caller import caller_of
-from flame.controller.jobbuilder import PlatformParams, TaskPlan, config_json, expand_job
+from flame.controller.lifecycle import JobManager
+from flame.controller.jobbuilder import DEFAULT_MAX_RUN_TIME_SECONDS, PlatformParams, TaskPlan, config_json, expand_job
 from flame.controller.masks import mask_paths
 from flame.controller.pagination import decode_token, next_page, page_size
 from flame.controller.store.datasets import DatasetStore
 from flame.controller.store.designs import DesignStore
-from flame.controller.store.jobs import ACTIVE_STATES, JobStore
+from flame.controller.store.jobs import ACTIVE_STATES, TERMINAL_TASK_STATES, JobStore
 from flame.controller.validation import check_roles_have_code, validate_job_spec
 from flame.job.v1 import job_pb2, task_pb2
 from flame.job.v1 import job_service_pb2 as pb
@@ -32,7 +35,8 @@ _MUTABLE = (
     "data_spec",
     "model_spec",
 )
-DEFAULT_MAX_RUN_TIME_SECONDS = 600
+# How often streams re-read state when nothing woke them earlier.
+_POLL_SECONDS = 0.5
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -44,7 +48,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         designs: DesignStore,
         datasets: DatasetStore,
         params: PlatformParams,
+        manager: JobManager,
     ) -> None:
+        self._manager = manager
         self._jobs = jobs
         self._designs = designs
         self._datasets = datasets
@@ -88,6 +94,43 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         _require_inactive(job, "deleted")
         await self._jobs.delete(caller.user_id, request.job_id)
         return pb.DeleteJobResponse()
+
+    async def StartJob(self, request: pb.StartJobRequest, context: Context) -> pb.StartJobResponse:
+        caller = caller_of(context)
+        return pb.StartJobResponse(job=await self._manager.start(caller.user_id, request.job_id))
+
+    async def StopJob(self, request: pb.StopJobRequest, context: Context) -> pb.StopJobResponse:
+        caller = caller_of(context)
+        return pb.StopJobResponse(job=await self._manager.stop(caller.user_id, request.job_id))
+
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: Context
+    ) -> AsyncIterator[pb.WatchJobResponse]:
+        caller = caller_of(context)
+        last: job_pb2.Job | None = None
+        while True:
+            job = await self._jobs.get(caller.user_id, request.job_id)
+            if last is None or _changed(last, job):
+                yield pb.WatchJobResponse(job=job)
+                last = job
+            if job.state not in ACTIVE_STATES:
+                return
+            await self._manager.wait_for_change(_POLL_SECONDS)
+
+    async def ReadTaskLogs(
+        self, request: pb.ReadTaskLogsRequest, context: Context
+    ) -> AsyncIterator[pb.ReadTaskLogsResponse]:
+        caller = caller_of(context)
+        await self._jobs.get(caller.user_id, request.job_id)
+        offset = request.offset
+        while True:
+            task = await self._jobs.get_task(request.job_id, request.task_id)
+            for start, data in await self._jobs.read_log(request.job_id, request.task_id, offset):
+                yield pb.ReadTaskLogsResponse(offset=start, data=data)
+                offset = start + len(data)
+            if not request.follow or task.state in TERMINAL_TASK_STATES:
+                return
+            await asyncio.sleep(_POLL_SECONDS)
 
     async def ListTasks(self, request: pb.ListTasksRequest, context: Context) -> pb.ListTasksResponse:
         caller = caller_of(context)
@@ -134,6 +177,14 @@ def _task(job_id: str, plan: TaskPlan) -> task_pb2.Task:
         group_association=plan.group_association,
         dataset_url=plan.dataset_url,
         config_json=config_json(plan.config),
+    )
+
+
+def _changed(before: job_pb2.Job, after: job_pb2.Job) -> bool:
+    return (before.state, before.reason, dict(before.task_counts)) != (
+        after.state,
+        after.reason,
+        dict(after.task_counts),
     )
 
 

@@ -1,36 +1,59 @@
-"""Jobs and their tasks."""
+"""Jobs, their tasks and the tasks' logs.
+
+A job document keeps its spec under `resource` and its changing status at the
+top level (state, reason, times), so state transitions are single atomic
+updates that compare the current state; a task document does the same.
+"""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from typing import Any
 
-from bson import ObjectId
+from bson import Binary, ObjectId
 from bson.errors import InvalidId
+from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from flame.controller.store.documents import Document, from_document, now, timestamp, to_document
+from flame.controller.store.users import hash_secret, new_secret
 from flame.job.v1 import job_pb2, task_pb2
 from flame.rpc.errors import NotFound
 
-__all__ = ["ACTIVE_STATES", "JobStore"]
+__all__ = ["ACTIVE_STATES", "TERMINAL_TASK_STATES", "JobStore", "task_state_name"]
+
+Job = job_pb2.Job
+Task = task_pb2.Task
 
 ACTIVE_STATES = frozenset(
-    {
-        job_pb2.Job.STATE_STARTING,
-        job_pb2.Job.STATE_DEPLOYING,
-        job_pb2.Job.STATE_RUNNING,
-        job_pb2.Job.STATE_STOPPING,
-    }
+    {Job.STATE_STARTING, Job.STATE_DEPLOYING, Job.STATE_RUNNING, Job.STATE_STOPPING}
 )
+TERMINAL_TASK_STATES = frozenset(
+    {Task.STATE_COMPLETED, Task.STATE_FAILED, Task.STATE_TERMINATED}
+)
+# The task states an agent may move a task from, per reported state.
+_TASK_TRANSITIONS: dict[int, tuple[int, ...]] = {
+    Task.STATE_RUNNING: (Task.STATE_READY,),
+    Task.STATE_COMPLETED: (Task.STATE_RUNNING,),
+    Task.STATE_FAILED: (Task.STATE_READY, Task.STATE_RUNNING),
+    Task.STATE_TERMINATED: (Task.STATE_READY, Task.STATE_RUNNING),
+}
+_LOG_TAIL_BYTES = 4096
+
+
+def task_state_name(state: int) -> str:
+    """`running` for STATE_RUNNING: the short name used in task counts."""
+    return Task.State.Name(state).removeprefix("STATE_").lower()  # type: ignore[arg-type]
 
 
 class JobStore:
-    """Jobs (owner-scoped) and the tasks expanded from them."""
+    """Jobs (owner-scoped), the tasks expanded from them and the tasks' logs."""
 
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._jobs = db["jobs"]
         self._tasks = db["tasks"]
+        self._logs = db["task_logs"]
 
     async def ensure_indexes(self) -> None:
         await self._jobs.create_index([("owner", 1), ("_id", -1)])
@@ -38,68 +61,143 @@ class JobStore:
         await self._jobs.create_index("state")
         await self._tasks.create_index([("job_id", 1), ("task_id", 1)], unique=True)
         await self._tasks.create_index([("job_id", 1), ("index", 1)])
+        await self._logs.create_index([("job_id", 1), ("task_id", 1), ("offset", 1)], unique=True)
 
     @staticmethod
     def new_id() -> str:
         return str(ObjectId())
 
-    async def create(self, job: job_pb2.Job, tasks: Iterable[task_pb2.Task]) -> job_pb2.Job:
-        """Store a job (its `id` already assigned) with its tasks, in state READY."""
-        stored = job_pb2.Job()
-        stored.CopyFrom(job)
-        moment = now()
-        stored.state = job_pb2.Job.STATE_READY
-        stored.create_time.CopyFrom(timestamp(moment))
-        stored.update_time.CopyFrom(timestamp(moment))
-        task_documents = [_task_document(stored.id, index, task) for index, task in enumerate(tasks)]
-        stored.task_counts.clear()
-        stored.task_counts["ready"] = len(task_documents)
-        await self._jobs.insert_one({"_id": ObjectId(stored.id), **_job_fields(stored)})
-        if task_documents:
-            await self._tasks.insert_many(task_documents)
-        return stored
+    # Jobs.
 
-    async def get(self, owner: str, job_id: str) -> job_pb2.Job:
+    async def create(self, job: Job, tasks: Iterable[Task]) -> Job:
+        """Store a job (its `id` already assigned) with its tasks, in state READY."""
+        moment = now()
+        spec = _spec(job)
+        await self._jobs.insert_one(
+            {
+                "_id": ObjectId(job.id),
+                "owner": job.owner,
+                "design_id": job.design_id,
+                "resource": to_document(spec),
+                **_status(Job.STATE_READY, moment, create_time=moment),
+            }
+        )
+        await self._insert_tasks(job.id, tasks)
+        return await self.get(job.owner, job.id)
+
+    async def get(self, owner: str, job_id: str) -> Job:
         document = await self._jobs.find_one({"_id": _object_id(job_id), "owner": owner})
         if document is None:
             raise _job_not_found(job_id)
-        return from_document(document["resource"], job_pb2.Job)
+        return (await self._with_counts([document]))[0]
 
-    async def list(self, owner: str, *, before: str | None, limit: int) -> list[job_pb2.Job]:
+    async def get_any(self, job_id: str) -> Job:
+        """A job whoever owns it (for the controller's own machinery)."""
+        document = await self._jobs.find_one({"_id": _object_id(job_id)})
+        if document is None:
+            raise _job_not_found(job_id)
+        return (await self._with_counts([document]))[0]
+
+    async def list(self, owner: str, *, before: str | None, limit: int) -> list[Job]:
         query: dict[str, Any] = {"owner": owner}
         if before is not None:
             query["_id"] = {"$lt": _object_id(before)}
-        cursor = self._jobs.find(query).sort("_id", -1).limit(limit)
-        return [from_document(document["resource"], job_pb2.Job) async for document in cursor]
+        documents = await self._jobs.find(query).sort("_id", -1).limit(limit).to_list()
+        return await self._with_counts(documents)
+
+    async def ids_to_reconcile(self) -> list[str]:
+        """Active jobs, and finished ones whose agents may still need stopping."""
+        names = [Job.State.Name(state) for state in ACTIVE_STATES]
+        query = {"$or": [{"state": {"$in": names}}, {"revoke_pending": True}]}
+        return [str(document["_id"]) async for document in self._jobs.find(query, {"_id": 1})]
 
     async def count_for_design(self, owner: str, design_id: str) -> int:
         return await self._jobs.count_documents({"owner": owner, "design_id": design_id})
 
-    async def replace(self, job: job_pb2.Job, tasks: Iterable[task_pb2.Task]) -> job_pb2.Job:
+    async def replace(self, job: Job, tasks: Iterable[Task]) -> Job:
         """Store a new spec for an inactive job, with freshly expanded tasks, back in READY."""
-        stored = job_pb2.Job()
-        stored.CopyFrom(job)
-        stored.state = job_pb2.Job.STATE_READY
-        stored.reason = ""
-        stored.update_time.CopyFrom(timestamp(now()))
-        task_documents = [_task_document(stored.id, index, task) for index, task in enumerate(tasks)]
-        stored.task_counts.clear()
-        stored.task_counts["ready"] = len(task_documents)
-        await self._tasks.delete_many({"job_id": stored.id})
-        if task_documents:
-            await self._tasks.insert_many(task_documents)
-        await self._jobs.update_one({"_id": ObjectId(stored.id)}, {"$set": _job_fields(stored)})
-        return stored
+        await self._tasks.delete_many({"job_id": job.id})
+        await self._logs.delete_many({"job_id": job.id})
+        await self._insert_tasks(job.id, tasks)
+        await self._jobs.update_one(
+            {"_id": ObjectId(job.id)},
+            {"$set": {"resource": to_document(_spec(job)), **_status(Job.STATE_READY, now())}},
+        )
+        return await self.get(job.owner, job.id)
+
+    async def transition(
+        self,
+        job_id: str,
+        to: int,
+        *,
+        expected: Iterable[int],
+        reason: str = "",
+        extra: Document | None = None,
+    ) -> Job | None:
+        """Move a job to state `to` if it is in one of `expected`; None if it was not."""
+        moment = now()
+        fields: Document = {**_status(to, moment, reason=reason), **(extra or {})}
+        if to == Job.STATE_STARTING:
+            fields["start_time"] = moment
+        if to in (Job.STATE_COMPLETED, Job.STATE_FAILED, Job.STATE_TERMINATED):
+            fields["end_time"] = moment
+        document = await self._jobs.find_one_and_update(
+            {"_id": _object_id(job_id), "state": {"$in": [Job.State.Name(s) for s in expected]}},
+            {"$set": fields},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if document is None else (await self._with_counts([document]))[0]
+
+    async def mark(self, job_id: str, **flags: Any) -> None:
+        """Set bookkeeping fields of a job (e.g. `revoked=True`) without a state change."""
+        await self._jobs.update_one({"_id": _object_id(job_id)}, {"$set": flags})
+
+    async def flags(self, job_id: str) -> Document:
+        document = await self._jobs.find_one({"_id": _object_id(job_id)})
+        if document is None:
+            raise _job_not_found(job_id)
+        return document
 
     async def delete(self, owner: str, job_id: str) -> None:
         result = await self._jobs.delete_one({"_id": _object_id(job_id), "owner": owner})
         if result.deleted_count == 0:
             raise _job_not_found(job_id)
         await self._tasks.delete_many({"job_id": job_id})
+        await self._logs.delete_many({"job_id": job_id})
+
+    async def _with_counts(self, documents: list[Document]) -> list[Job]:
+        ids = [str(document["_id"]) for document in documents]
+        counts: dict[str, dict[str, int]] = {job_id: {} for job_id in ids}
+        pipeline = [
+            {"$match": {"job_id": {"$in": ids}}},
+            {"$group": {"_id": {"job": "$job_id", "state": "$state"}, "n": {"$sum": 1}}},
+        ]
+        async for row in await self._tasks.aggregate(pipeline):
+            state = row["_id"]["state"].removeprefix("STATE_").lower()
+            counts[row["_id"]["job"]][state] = row["n"]
+        return [_job(document, counts[str(document["_id"])]) for document in documents]
+
+    # Tasks.
+
+    async def _insert_tasks(self, job_id: str, tasks: Iterable[Task]) -> None:
+        documents = [
+            {
+                "job_id": job_id,
+                "task_id": task.task_id,
+                "index": index,
+                "role": task.role,
+                "compute_id": task.compute_id,
+                "resource": to_document(_task_spec(task)),
+                **_task_status(Task.STATE_READY),
+            }
+            for index, task in enumerate(tasks)
+        ]
+        if documents:
+            await self._tasks.insert_many(documents)
 
     async def list_tasks(
-        self, job_id: str, *, after: int | None, limit: int
-    ) -> list[tuple[int, task_pb2.Task]]:
+        self, job_id: str, *, after: int | None = None, limit: int = 0
+    ) -> list[tuple[int, Task]]:
         """Tasks in expansion order, each with its index (the page key)."""
         query: dict[str, Any] = {"job_id": job_id}
         if after is not None:
@@ -107,36 +205,151 @@ class JobStore:
         cursor = self._tasks.find(query).sort("index", 1).limit(limit)
         return [(int(document["index"]), _task(document)) async for document in cursor]
 
-    async def get_task(self, job_id: str, task_id: str) -> task_pb2.Task:
+    async def get_task(self, job_id: str, task_id: str) -> Task:
         document = await self._tasks.find_one({"job_id": job_id, "task_id": task_id})
         if document is None:
             raise _task_not_found(task_id)
         return _task(document)
 
+    async def reset_tasks(self, job_id: str) -> None:
+        """Every task back to READY with no key, before a (re)start."""
+        await self._tasks.update_many(
+            {"job_id": job_id}, {"$set": _task_status(Task.STATE_READY), "$unset": {"key_hash": ""}}
+        )
+        await self._logs.delete_many({"job_id": job_id})
 
-def _job_fields(job: job_pb2.Job) -> Document:
+    async def mint_task_keys(self, job_id: str, compute_id: str) -> list[tuple[str, str]]:
+        """Fresh keys for the job's tasks placed on a compute: (task id, key) pairs.
+        Only the hashes are kept; an agent started with an older key is locked out."""
+        pairs = []
+        cursor = self._tasks.find({"job_id": job_id, "compute_id": compute_id}).sort("index", 1)
+        async for document in cursor:
+            key = new_secret("ftk_")
+            await self._tasks.update_one(
+                {"_id": document["_id"]}, {"$set": {"key_hash": hash_secret(key)}}
+            )
+            pairs.append((document["task_id"], key))
+        return pairs
+
+    async def task_key_matches(self, job_id: str, task_id: str, key: str) -> bool:
+        document = await self._tasks.find_one(
+            {"job_id": job_id, "task_id": task_id, "key_hash": hash_secret(key)}, {"_id": 1}
+        )
+        return document is not None
+
+    async def report_task(
+        self, job_id: str, task_id: str, state: int, *, exit_code: int = 0, reason: str = "", log_tail: str = ""
+    ) -> bool:
+        """Apply a task state reported by its agent or deployer if the transition is
+        legal; False when the task was already past it (e.g. a late report)."""
+        allowed = [Task.State.Name(s) for s in _TASK_TRANSITIONS.get(state, ())]  # type: ignore[arg-type]
+        result = await self._tasks.update_one(
+            {"job_id": job_id, "task_id": task_id, "state": {"$in": allowed}},
+            {"$set": _task_status(state, exit_code=exit_code, reason=reason, log_tail=log_tail)},
+        )
+        return result.modified_count == 1
+
+    async def end_unfinished_tasks(self, job_id: str, state: int, reason: str) -> int:
+        """Move every task not yet finished to `state` (FAILED or TERMINATED)."""
+        unfinished = [Task.State.Name(s) for s in (Task.STATE_READY, Task.STATE_RUNNING)]
+        result = await self._tasks.update_many(
+            {"job_id": job_id, "state": {"$in": unfinished}},
+            {"$set": _task_status(state, reason=reason)},
+        )
+        return result.modified_count
+
+    async def compute_ids(self, job_id: str) -> list[str]:
+        return sorted(await self._tasks.distinct("compute_id", {"job_id": job_id}))
+
+    async def task_ids(self, job_id: str) -> list[str]:
+        cursor = self._tasks.find({"job_id": job_id}, {"task_id": 1}).sort("index", 1)
+        return [document["task_id"] async for document in cursor]
+
+    # Logs.
+
+    async def append_log(self, job_id: str, task_id: str, data: bytes) -> int:
+        """Append bytes to a task's log; returns the log's new size."""
+        last = await self._logs.find_one(
+            {"job_id": job_id, "task_id": task_id}, sort=[("offset", -1)]
+        )
+        offset = 0 if last is None else last["offset"] + len(last["data"])
+        if data:
+            await self._logs.insert_one(
+                {"job_id": job_id, "task_id": task_id, "offset": offset, "data": Binary(data)}
+            )
+        return offset + len(data)
+
+    async def read_log(self, job_id: str, task_id: str, offset: int) -> list[tuple[int, bytes]]:
+        """The log pieces from `offset` on, as (offset, bytes), the first one trimmed."""
+        cursor = self._logs.find(
+            {"job_id": job_id, "task_id": task_id}, sort=[("offset", 1)]
+        )
+        pieces = []
+        async for document in cursor:
+            start, data = document["offset"], bytes(document["data"])
+            if start + len(data) <= offset:
+                continue
+            skip = max(0, offset - start)
+            pieces.append((start + skip, data[skip:]))
+        return pieces
+
+
+def _spec(job: Job) -> Job:
+    spec = Job()
+    spec.CopyFrom(job)
+    for name in ("state", "reason", "task_counts", "create_time", "start_time", "update_time", "end_time"):
+        spec.ClearField(name)  # type: ignore[arg-type]
+    return spec
+
+
+def _status(
+    state: int, moment: datetime.datetime, *, reason: str = "", create_time: datetime.datetime | None = None
+) -> Document:
+    fields: Document = {"state": Job.State.Name(state), "reason": reason, "update_time": moment}  # type: ignore[arg-type]
+    if create_time is not None:
+        fields["create_time"] = create_time
+    return fields
+
+
+def _job(document: Document, counts: dict[str, int]) -> Job:
+    job = from_document(document["resource"], Job)
+    job.id = str(document["_id"])
+    job.state = Job.State.Value(document["state"])
+    job.reason = document.get("reason", "")
+    job.task_counts.update(counts)
+    for name in ("create_time", "start_time", "update_time", "end_time"):
+        if document.get(name) is not None:
+            getattr(job, name).CopyFrom(timestamp(document[name]))
+    return job
+
+
+def _task_spec(task: Task) -> Task:
+    spec = Task()
+    spec.CopyFrom(task)
+    for name in ("state", "exit_code", "reason", "log_tail", "update_time"):
+        spec.ClearField(name)  # type: ignore[arg-type]
+    return spec
+
+
+def _task_status(state: int, *, exit_code: int = 0, reason: str = "", log_tail: str = "") -> Document:
     return {
-        "owner": job.owner,
-        "design_id": job.design_id,
-        "state": job_pb2.Job.State.Name(job.state),
-        "resource": to_document(job),
+        "state": Task.State.Name(state),  # type: ignore[arg-type]
+        "exit_code": exit_code,
+        "reason": reason,
+        "log_tail": log_tail[-_LOG_TAIL_BYTES:],
+        "update_time": now(),
     }
 
 
-def _task_document(job_id: str, index: int, task: task_pb2.Task) -> Document:
-    return {
-        "job_id": job_id,
-        "task_id": task.task_id,
-        "index": index,
-        "role": task.role,
-        "compute_id": task.compute_id,
-        "state": task_pb2.Task.State.Name(task.state),
-        "resource": to_document(task),
-    }
-
-
-def _task(document: Document) -> task_pb2.Task:
-    return from_document(document["resource"], task_pb2.Task)
+def _task(document: Document) -> Task:
+    task = from_document(document["resource"], Task)
+    task.state = Task.State.Value(document["state"])
+    task.exit_code = document.get("exit_code", 0)
+    task.reason = document.get("reason", "")
+    task.log_tail = document.get("log_tail", "")
+    if document.get("update_time") is not None:
+        task.update_time.CopyFrom(timestamp(document["update_time"]))
+    return task
 
 
 def _object_id(job_id: str) -> ObjectId:
