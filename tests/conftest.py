@@ -36,3 +36,11 @@ def control_plane(mongo_uri: str) -> Iterator[ControlPlane]:
     Tests isolate themselves by creating their own users."""
     with running_control_plane(mongo_uri, f"flame_cp_{uuid.uuid4().hex[:8]}") as plane:
         yield plane
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[object]:
+    """Keep each phase's report on the test item, for fixtures that report failures."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)  # type: ignore[attr-defined]
+    return report

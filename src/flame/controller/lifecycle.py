@@ -185,7 +185,8 @@ class JobManager:
             await self._finish(job_id, Job.STATE_TERMINATED, reason)
 
     async def _finish(self, job_id: str, state: int, reason: str) -> None:
-        unfinished_reason = f"job {task_state_name(state)}" if state != Job.STATE_TERMINATED else reason
+        outcome = Job.State.Name(state).removeprefix("STATE_").lower()  # type: ignore[arg-type]
+        unfinished_reason = reason if state == Job.STATE_TERMINATED else f"job {outcome}"
         await self._jobs.end_unfinished_tasks(job_id, Task.STATE_TERMINATED, unfinished_reason)
         finished = await self._jobs.transition(
             job_id,

@@ -69,8 +69,9 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         updated.CopyFrom(current)
         for path in paths:
             setattr(updated, path, getattr(request.dataset, path))
-        if "realm" not in paths:
-            # Keep the stored resolution unless the realm itself changes.
+        if updated.realm == current.realm:
+            # Keep the stored resolution unless the realm itself changes: a dataset
+            # read and written back carries its resolved realm, which is no region.
             return pb.UpdateDatasetResponse(
                 dataset=await self._datasets.replace(caller.user_id, _validated(updated))
             )
