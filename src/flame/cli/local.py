@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from flame.cli.errors import CliError
 from flame.embedded import plane
 
 __all__ = ["down", "status", "up"]
@@ -29,7 +30,7 @@ def up(home: Path | None) -> None:
         components = plane.up(folder, log=lambda line: click.echo(f"  {line}"))
     except (RuntimeError, TimeoutError) as error:
         plane.down(folder)
-        raise click.ClickException(f"the control plane did not start: {error}") from None
+        raise CliError(f"the control plane did not start: {error}") from None
     unhealthy = [
         item
         for item in plane.status(folder)
@@ -38,7 +39,7 @@ def up(home: Path | None) -> None:
     if unhealthy:
         plane.down(folder)
         names = ", ".join(item.name for item in unhealthy)
-        raise click.ClickException(f"not healthy: {names}; see {folder / 'logs'}")
+        raise CliError(f"not healthy: {names}; see {folder / 'logs'}")
     click.echo(f"Flame is up: apiserver at {components[-1].address}")
     click.echo(f"flamectl config: {folder / 'config.yaml'}")
 
@@ -60,7 +61,7 @@ def status(home: Path | None) -> None:
     """Show each local component's process and health."""
     components = plane.status((home or _DEFAULT_HOME).resolve())
     if not components:
-        raise click.ClickException("no local control plane runs here; start one with `flamectl up`")
+        raise CliError("no local control plane runs here; start one with `flamectl up`")
     click.echo(f"{'COMPONENT':<12} {'PID':>7}  {'ADDRESS':<22} {'PROCESS':<8} HEALTH")
     for item in components:
         process = "running" if item.running else "exited"
