@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from flame.cli import datasets, designs, jobs, local, users
+from flame.cli import datasets, designs, jobs, local, runs, users
 from flame.cli.config import DEFAULT_CONFIG_PATH, DEFAULT_TIMEOUT_SECONDS, Settings
 
 __all__ = ["main"]
@@ -108,3 +108,5 @@ main.add_command(users.token)
 main.add_command(local.up)
 main.add_command(local.down)
 main.add_command(local.status)
+main.add_command(runs.logs)
+main.add_command(_verb("watch", "Follow a resource live.", runs.watch_job))
