@@ -39,7 +39,8 @@ def watch_job(job_id: str) -> None:
     if last is None or last.state not in _TERMINAL:
         raise CliError(f"the watch of job '{job_id}' ended before the job did")
     if last.state != _SUCCESS:
-        raise CliError(f"job '{job_id}' {enum_label(job_pb2.Job.State.Name(last.state))}: {last.reason}")
+        outcome = enum_label(job_pb2.Job.State.Name(last.state))
+        raise CliError(f"job '{job_id}' {outcome}: {last.reason}")
 
 
 def progress_line(job: job_pb2.Job) -> str:
