@@ -225,6 +225,14 @@ def test_task_keys_are_checked_and_renewed_on_every_start(
     mnist_job: Job,
 ) -> None:
     first, second = start_with_agents(alice, admin, agent_stub, mnist_job.id)
+    again = admin.computes.GetDeploymentConfig(
+        compute_pb.GetDeploymentConfigRequest(compute_id="default", job_id=mnist_job.id)
+    ).config
+    # A deployer asking again (a redelivered event) gets the keys its agents hold.
+    assert [(t.task_id, t.task_key) for t in again.tasks] == [
+        (first.task_id, first.key),
+        (second.task_id, second.key),
+    ]
     swapped = Agent(agent_stub, mnist_job.id, first.task_id, second.key)
     expect_refusal(swapped.manifest, Code.UNAUTHENTICATED, "TASK_KEY_INVALID")
     for agent in (first, second):

@@ -25,6 +25,7 @@ from flame.controller.store.documents import Document
 from flame.controller.store.jobs import JobStore
 from flame.controller.store.peers import PeerStore
 from flame.controller.store.users import UserStore
+from flame.controller.taskkeys import TaskKeys
 from flame.data.v1 import dataset_service_pb2, dataset_service_pb2_grpc
 from flame.design.v1 import design_service_pb2, design_service_pb2_grpc
 from flame.job.v1 import job_service_pb2, job_service_pb2_grpc
@@ -55,6 +56,7 @@ class Stores:
     computes: ComputeStore
     jobs: JobStore
     peers: PeerStore
+    task_keys: TaskKeys
 
 
 async def open_database(
@@ -77,6 +79,7 @@ async def open_stores(db: AsyncDatabase[Document]) -> Stores:
         computes=ComputeStore(db),
         jobs=JobStore(db),
         peers=PeerStore(db),
+        task_keys=await TaskKeys.load(db),
     )
     for store in (stores.users, stores.designs, stores.datasets, stores.jobs, stores.peers):
         await store.ensure_indexes()
@@ -124,12 +127,12 @@ def controller_services(
         bind(
             compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"],
             compute_service_pb2_grpc.add_ComputeServiceServicer_to_server,
-            ComputeServicer(stores.computes, stores.jobs, manager),
+            ComputeServicer(stores.computes, stores.jobs, manager, stores.task_keys),
         ),
         bind(
             agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"],
             agent_service_pb2_grpc.add_AgentServiceServicer_to_server,
-            AgentServicer(stores.jobs, stores.designs, stores.peers, manager),
+            AgentServicer(stores.jobs, stores.designs, stores.peers, manager, stores.task_keys),
         ),
         bind(
             auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"],

@@ -23,6 +23,7 @@ from collections import Counter
 from flame.controller.events import EventPublisher, compute_subscriber, task_subscriber
 from flame.controller.store.documents import Document, now
 from flame.controller.store.jobs import ACTIVE_STATES, JobStore, task_state_name
+from flame.controller.taskkeys import new_run_id
 from flame.job.v1 import job_pb2, task_pb2
 from flame.notify.v1 import event_pb2
 from flame.rpc.errors import FailedPrecondition
@@ -71,7 +72,12 @@ class JobManager:
             job_id,
             Job.STATE_STARTING,
             expected=_STARTABLE,
-            extra={"prepared": False, "stop_sent": False, "revoke_pending": False},
+            extra={
+                "run_id": new_run_id(),
+                "prepared": False,
+                "stop_sent": False,
+                "revoke_pending": False,
+            },
         )
         if started is None:
             raise _illegal(job, "started")

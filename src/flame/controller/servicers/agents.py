@@ -16,6 +16,7 @@ from flame.controller.lifecycle import JobManager
 from flame.controller.store.designs import DesignStore
 from flame.controller.store.jobs import ACTIVE_STATES, JobStore
 from flame.controller.store.peers import PeerStore
+from flame.controller.taskkeys import TaskKeys
 from flame.controller.validation import role_bundle
 from flame.controlplane import metadata as md
 from flame.job.v1 import job_pb2, task_pb2
@@ -38,8 +39,14 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     """Manifests, code, status and logs of tasks, for their own agents only."""
 
     def __init__(
-        self, jobs: JobStore, designs: DesignStore, peers: PeerStore, manager: JobManager
+        self,
+        jobs: JobStore,
+        designs: DesignStore,
+        peers: PeerStore,
+        manager: JobManager,
+        keys: TaskKeys,
     ) -> None:
+        self._keys = keys
         self._jobs = jobs
         self._designs = designs
         self._peers = peers
@@ -114,14 +121,14 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     ) -> pb.RegisterPeerResponse:
         await self._authenticate(context, request.job_id, request.endpoint.task_id)
         await self._peers.register(request.job_id, request.endpoint)
-        peers = await self._peers.list(
+        peers = await self._peers.list_peers(
             request.job_id, request.endpoint.channel, request.endpoint.group, request.other_role
         )
         return pb.RegisterPeerResponse(peers=peers)
 
     async def ListPeers(self, request: pb.ListPeersRequest, context: Context) -> pb.ListPeersResponse:
         await self._authenticate(context, request.job_id, request.task_id)
-        peers = await self._peers.list(request.job_id, request.channel, request.group, request.role)
+        peers = await self._peers.list_peers(request.job_id, request.channel, request.group, request.role)
         return pb.ListPeersResponse(peers=peers)
 
     async def _authenticate(
@@ -129,7 +136,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     ) -> tuple[job_pb2.Job, task_pb2.Task]:
         """The job and task a call is about, if the caller holds that task's key."""
         key = metadata_value(context, md.TASK_KEY) or ""
-        if not key or not await self._jobs.task_key_matches(job_id, task_id, key):
+        run_id = (await self._jobs.flags(job_id)).get("run_id", "")
+        if not self._keys.matches(job_id, task_id, run_id, key):
             raise Unauthenticated("TASK_KEY_INVALID", "the task key does not match this task")
         job = await self._jobs.get_any(job_id)
         if active_only and job.state not in ACTIVE_STATES:

@@ -12,6 +12,7 @@ from flame.controller.lifecycle import JobManager
 from flame.controller.pagination import decode_token, next_page, page_size
 from flame.controller.store.computes import ComputeStore
 from flame.controller.store.jobs import ACTIVE_STATES, JobStore
+from flame.controller.taskkeys import TaskKeys
 from flame.controller.validation import validate_identifier
 from flame.controlplane import metadata as md
 from flame.job.v1 import job_pb2, task_pb2
@@ -27,7 +28,10 @@ _AGENT_GONE = (compute_pb2.AgentStatus.STATE_DEPLOY_FAILED, compute_pb2.AgentSta
 class ComputeServicer(compute_service_pb2_grpc.ComputeServiceServicer):
     """Computes: admins register and delete them; every user may read them."""
 
-    def __init__(self, computes: ComputeStore, jobs: JobStore, manager: JobManager) -> None:
+    def __init__(
+        self, computes: ComputeStore, jobs: JobStore, manager: JobManager, keys: TaskKeys
+    ) -> None:
+        self._keys = keys
         self._computes = computes
         self._jobs = jobs
         self._manager = manager
@@ -50,7 +54,7 @@ class ComputeServicer(compute_service_pb2_grpc.ComputeServiceServicer):
         caller_of(context)
         limit = page_size(request.page_size)
         after = decode_token(request.page_token, "computes")
-        computes = await self._computes.list(after=after, limit=limit + 1)
+        computes = await self._computes.list_computes(after=after, limit=limit + 1)
         page, token = next_page(computes, limit, lambda compute: compute.id, "computes")
         return pb.ListComputesResponse(computes=page, next_page_token=token)
 
@@ -73,11 +77,15 @@ class ComputeServicer(compute_service_pb2_grpc.ComputeServiceServicer):
                 f"job '{job.id}' is not running",
                 metadata={"state": job_pb2.Job.State.Name(job.state)},
             )
-        pairs = await self._jobs.mint_task_keys(request.job_id, request.compute_id)
-        config = compute_pb2.DeploymentConfig(
-            job_id=request.job_id,
-            tasks=[compute_pb2.TaskCredential(task_id=task, task_key=key) for task, key in pairs],
-        )
+        run_id = (await self._jobs.flags(request.job_id)).get("run_id", "")
+        tasks = await self._jobs.task_ids_on(request.job_id, request.compute_id)
+        credentials = [
+            compute_pb2.TaskCredential(
+                task_id=task, task_key=self._keys.key(request.job_id, task, run_id)
+            )
+            for task in tasks
+        ]
+        config = compute_pb2.DeploymentConfig(job_id=request.job_id, tasks=credentials)
         return pb.GetDeploymentConfigResponse(config=config)
 
     async def UpdateDeploymentStatus(

@@ -10,9 +10,8 @@ from flame.controller.pagination import decode_token, next_page, page_size
 from flame.controller.store.computes import ComputeStore
 from flame.controller.store.datasets import DatasetStore
 from flame.controller.validation import resolve_realm, validate_dataset
-from flame.data.v1 import dataset_pb2
+from flame.data.v1 import dataset_pb2, dataset_service_pb2_grpc
 from flame.data.v1 import dataset_service_pb2 as pb
-from flame.data.v1 import dataset_service_pb2_grpc
 from flame.rpc.errors import NotFound
 
 __all__ = ["DatasetServicer"]
@@ -33,11 +32,17 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     ) -> pb.CreateDatasetResponse:
         caller = caller_of(context)
         dataset = await self._resolved(request.dataset)
-        return pb.CreateDatasetResponse(dataset=await self._datasets.create(caller.user_id, dataset))
+        return pb.CreateDatasetResponse(
+            dataset=await self._datasets.create(caller.user_id, dataset)
+        )
 
-    async def GetDataset(self, request: pb.GetDatasetRequest, context: Context) -> pb.GetDatasetResponse:
+    async def GetDataset(
+        self, request: pb.GetDatasetRequest, context: Context
+    ) -> pb.GetDatasetResponse:
         caller = caller_of(context)
-        return pb.GetDatasetResponse(dataset=await self._datasets.get(caller.user_id, request.dataset_id))
+        return pb.GetDatasetResponse(
+            dataset=await self._datasets.get(caller.user_id, request.dataset_id)
+        )
 
     async def ListDatasets(
         self, request: pb.ListDatasetsRequest, context: Context
@@ -46,7 +51,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         limit = page_size(request.page_size)
         query = ["datasets", caller.user_id, request.include_public]
         after = decode_token(request.page_token, query)
-        datasets = await self._datasets.list(
+        datasets = await self._datasets.list_datasets(
             caller.user_id, include_public=request.include_public, after=after, limit=limit + 1
         )
         page, token = next_page(datasets, limit, lambda dataset: dataset.id, query)
@@ -76,7 +81,9 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
                 dataset=await self._datasets.replace(caller.user_id, _validated(updated))
             )
         resolved = await self._resolved(updated)
-        return pb.UpdateDatasetResponse(dataset=await self._datasets.replace(caller.user_id, resolved))
+        return pb.UpdateDatasetResponse(
+            dataset=await self._datasets.replace(caller.user_id, resolved)
+        )
 
     async def DeleteDataset(
         self, request: pb.DeleteDatasetRequest, context: Context

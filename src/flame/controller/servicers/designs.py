@@ -6,14 +6,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from flame.controller.caller import caller_of
+from flame.controller.masks import mask_paths
 from flame.controller.pagination import decode_token, next_page, page_size
 from flame.controller.store.designs import DesignStore
 from flame.controller.store.jobs import JobStore
-from flame.controller.validation import inspect_code_bundle, validate_identifier, validate_schema
-from flame.controller.masks import mask_paths
-from flame.design.v1 import code_pb2
+from flame.controller.validation import (
+    CODE_TOO_LARGE,
+    inspect_code_bundle,
+    validate_identifier,
+    validate_schema,
+)
+from flame.design.v1 import code_pb2, design_service_pb2_grpc
 from flame.design.v1 import design_service_pb2 as pb
-from flame.design.v1 import design_service_pb2_grpc
 from flame.rpc.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 __all__ = ["DesignServicer"]
@@ -40,7 +44,9 @@ class DesignServicer(design_service_pb2_grpc.DesignServiceServicer):
         design = await self._designs.create(caller.user_id, request.design)
         return pb.CreateDesignResponse(design=design)
 
-    async def GetDesign(self, request: pb.GetDesignRequest, context: Context) -> pb.GetDesignResponse:
+    async def GetDesign(
+        self, request: pb.GetDesignRequest, context: Context
+    ) -> pb.GetDesignResponse:
         caller = caller_of(context)
         design = await self._designs.get(caller.user_id, request.design_id)
         response = pb.GetDesignResponse(design=design)
@@ -55,7 +61,7 @@ class DesignServicer(design_service_pb2_grpc.DesignServiceServicer):
         limit = page_size(request.page_size)
         query = ["designs", caller.user_id]
         after = decode_token(request.page_token, query)
-        designs = await self._designs.list(caller.user_id, after=after, limit=limit + 1)
+        designs = await self._designs.list_designs(caller.user_id, after=after, limit=limit + 1)
         page, token = next_page(designs, limit, lambda design: design.id, query)
         return pb.ListDesignsResponse(designs=page, next_page_token=token)
 
@@ -92,7 +98,9 @@ class DesignServicer(design_service_pb2_grpc.DesignServiceServicer):
         schema = await self._designs.add_schema(caller.user_id, request.design_id, request.schema)
         return pb.CreateSchemaResponse(schema=schema)
 
-    async def GetSchema(self, request: pb.GetSchemaRequest, context: Context) -> pb.GetSchemaResponse:
+    async def GetSchema(
+        self, request: pb.GetSchemaRequest, context: Context
+    ) -> pb.GetSchemaResponse:
         caller = caller_of(context)
         await self._designs.get(caller.user_id, request.design_id)
         schema = await self._designs.get_schema(caller.user_id, request.design_id, request.revision)
@@ -151,11 +159,7 @@ class DesignServicer(design_service_pb2_grpc.DesignServiceServicer):
             data += message.chunk
             if len(data) > self._max_code_bytes:
                 # Stop reading at once: the client may be streaming something huge.
-                raise InvalidArgument(
-                    "CODE_TOO_LARGE",
-                    f"code bundle exceeds {self._max_code_bytes} bytes",
-                    metadata={"limit": str(self._max_code_bytes)},
-                )
+                raise _too_large(self._max_code_bytes)
         if metadata is None:
             raise _upload_error("metadata", "missing")
         return metadata, bytes(data)
@@ -185,11 +189,23 @@ class DesignServicer(design_service_pb2_grpc.DesignServiceServicer):
         page, token = next_page(revisions, limit, lambda revision: revision.revision, query)
         return pb.ListCodeRevisionsResponse(revisions=page, next_page_token=token)
 
-    async def DeleteCode(self, request: pb.DeleteCodeRequest, context: Context) -> pb.DeleteCodeResponse:
+    async def DeleteCode(
+        self, request: pb.DeleteCodeRequest, context: Context
+    ) -> pb.DeleteCodeResponse:
         caller = caller_of(context)
         await self._designs.get(caller.user_id, request.design_id)
         await self._designs.delete_code(caller.user_id, request.design_id)
         return pb.DeleteCodeResponse()
+
+
+def _too_large(limit: int) -> InvalidArgument:
+    # The same details as the bundle inspection gives for an oversized bundle.
+    return InvalidArgument(
+        CODE_TOO_LARGE,
+        f"the code bundle exceeds the limit of {limit} bytes",
+        metadata={"limit_bytes": str(limit)},
+        violations=[FieldViolation("code", f"larger than {limit} bytes")],
+    )
 
 
 def _upload_error(field: str, problem: str) -> InvalidArgument:

@@ -73,7 +73,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         limit = page_size(request.page_size)
         query = ["jobs", caller.user_id]
         before = decode_token(request.page_token, query)
-        jobs = await self._jobs.list(caller.user_id, before=before, limit=limit + 1)
+        jobs = await self._jobs.list_jobs(caller.user_id, before=before, limit=limit + 1)
         page, token = next_page(jobs, limit, lambda job: job.id, query)
         return pb.ListJobsResponse(jobs=page, next_page_token=token)
 

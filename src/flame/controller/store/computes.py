@@ -59,13 +59,13 @@ class ComputeStore:
             )
         return from_document(document["resource"], compute_pb2.Compute)
 
-    async def list(self, *, after: str | None, limit: int) -> list[compute_pb2.Compute]:
+    async def list_computes(self, *, after: str | None, limit: int) -> list[compute_pb2.Compute]:
         query: dict[str, Any] = {} if after is None else {"_id": {"$gt": after}}
         cursor = self._computes.find(query).sort("_id", 1).limit(limit)
         return [from_document(document["resource"], compute_pb2.Compute) async for document in cursor]
 
     async def all(self) -> list[compute_pb2.Compute]:
-        return await self.list(after=None, limit=0)
+        return await self.list_computes(after=None, limit=0)
 
     async def delete(self, compute_id: str) -> None:
         result = await self._computes.delete_one({"_id": compute_id})

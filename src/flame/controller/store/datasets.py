@@ -56,7 +56,7 @@ class DatasetStore:
         found = [from_document(document["resource"], dataset_pb2.Dataset) async for document in cursor]
         return {dataset.id: dataset for dataset in found}
 
-    async def list(
+    async def list_datasets(
         self, caller: str, *, include_public: bool, after: str | None, limit: int
     ) -> list[dataset_pb2.Dataset]:
         query: dict[str, Any] = _visible(caller, {}) if include_public else {"owner": caller}

@@ -76,7 +76,7 @@ class DesignStore:
             raise _design_not_found(design_id)
         return await self._design(document)
 
-    async def list(self, owner: str, *, after: str | None, limit: int) -> list[design_pb2.Design]:
+    async def list_designs(self, owner: str, *, after: str | None, limit: int) -> list[design_pb2.Design]:
         query: dict[str, Any] = {"owner": owner}
         if after is not None:
             query["id"] = {"$gt": after}

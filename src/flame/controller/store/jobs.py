@@ -17,7 +17,6 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from flame.controller.store.documents import Document, from_document, now, timestamp, to_document
-from flame.controller.store.users import hash_secret, new_secret
 from flame.job.v1 import job_pb2, task_pb2
 from flame.rpc.errors import NotFound
 
@@ -98,7 +97,7 @@ class JobStore:
             raise _job_not_found(job_id)
         return (await self._with_counts([document]))[0]
 
-    async def list(self, owner: str, *, before: str | None, limit: int) -> list[Job]:
+    async def list_jobs(self, owner: str, *, before: str | None, limit: int) -> list[Job]:
         query: dict[str, Any] = {"owner": owner}
         if before is not None:
             query["_id"] = {"$lt": _object_id(before)}
@@ -212,30 +211,15 @@ class JobStore:
         return _task(document)
 
     async def reset_tasks(self, job_id: str) -> None:
-        """Every task back to READY with no key, before a (re)start."""
-        await self._tasks.update_many(
-            {"job_id": job_id}, {"$set": _task_status(Task.STATE_READY), "$unset": {"key_hash": ""}}
-        )
+        """Every task back to READY, before a (re)start."""
+        await self._tasks.update_many({"job_id": job_id}, {"$set": _task_status(Task.STATE_READY)})
         await self._logs.delete_many({"job_id": job_id})
 
-    async def mint_task_keys(self, job_id: str, compute_id: str) -> list[tuple[str, str]]:
-        """Fresh keys for the job's tasks placed on a compute: (task id, key) pairs.
-        Only the hashes are kept; an agent started with an older key is locked out."""
-        pairs = []
-        cursor = self._tasks.find({"job_id": job_id, "compute_id": compute_id}).sort("index", 1)
-        async for document in cursor:
-            key = new_secret("ftk_")
-            await self._tasks.update_one(
-                {"_id": document["_id"]}, {"$set": {"key_hash": hash_secret(key)}}
-            )
-            pairs.append((document["task_id"], key))
-        return pairs
-
-    async def task_key_matches(self, job_id: str, task_id: str, key: str) -> bool:
-        document = await self._tasks.find_one(
-            {"job_id": job_id, "task_id": task_id, "key_hash": hash_secret(key)}, {"_id": 1}
-        )
-        return document is not None
+    async def task_ids_on(self, job_id: str, compute_id: str) -> list[str]:
+        """The job's tasks placed on one compute, in expansion order."""
+        query = {"job_id": job_id, "compute_id": compute_id}
+        cursor = self._tasks.find(query, {"task_id": 1}).sort("index", 1)
+        return [document["task_id"] async for document in cursor]
 
     async def report_task(
         self, job_id: str, task_id: str, state: int, *, exit_code: int = 0, reason: str = "", log_tail: str = ""

@@ -34,7 +34,7 @@ class PeerStore:
             key, {"$set": {"address": endpoint.address, "update_time": now()}}, upsert=True
         )
 
-    async def list(
+    async def list_peers(
         self, job_id: str, channel: str, group: str, role: str
     ) -> list[agent_pb2.PeerEndpoint]:
         query = {"job_id": job_id, "channel": channel, "group": group, "role": role}

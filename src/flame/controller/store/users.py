@@ -19,6 +19,9 @@ from flame.user.v1 import user_pb2
 __all__ = ["UserStore", "hash_secret", "new_secret"]
 
 _TOKEN_PREFIX = "flm_"
+# Deleted users stay as tombstones: resources are keyed by user id, so a new user
+# given a deleted user's id would inherit its designs, datasets and jobs.
+_LIVE: Document = {"deleted": {"$ne": True}}
 
 
 def new_secret(prefix: str = _TOKEN_PREFIX) -> str:
@@ -48,25 +51,33 @@ class UserStore:
             await self._users.insert_one(document)
         except DuplicateKeyError:
             raise AlreadyExists(
-                "USER_ALREADY_EXISTS", f"user '{user_id}' already exists", metadata={"user": user_id}
+                "USER_ALREADY_EXISTS",
+                f"user '{user_id}' already exists (the ids of deleted users are not reused)",
+                metadata={"user": user_id},
             ) from None
         return _user(document)
 
     async def get_user(self, user_id: str) -> user_pb2.User:
-        document = await self._users.find_one({"_id": user_id})
+        document = await self._users.find_one({"_id": user_id, **_LIVE})
         if document is None:
-            raise NotFound("USER_NOT_FOUND", f"user '{user_id}' not found", metadata={"user": user_id})
+            raise NotFound(
+                "USER_NOT_FOUND", f"user '{user_id}' not found", metadata={"user": user_id}
+            )
         return _user(document)
 
     async def list_users(self, *, after: str | None, limit: int) -> list[user_pb2.User]:
-        query: dict[str, Any] = {} if after is None else {"_id": {"$gt": after}}
+        query: dict[str, Any] = dict(_LIVE) if after is None else {"_id": {"$gt": after}, **_LIVE}
         cursor = self._users.find(query).sort("_id", 1).limit(limit)
         return [_user(document) async for document in cursor]
 
     async def delete_user(self, user_id: str) -> None:
-        result = await self._users.delete_one({"_id": user_id})
-        if result.deleted_count == 0:
-            raise NotFound("USER_NOT_FOUND", f"user '{user_id}' not found", metadata={"user": user_id})
+        result = await self._users.update_one(
+            {"_id": user_id, **_LIVE}, {"$set": {"deleted": True, "delete_time": now()}}
+        )
+        if result.matched_count == 0:
+            raise NotFound(
+                "USER_NOT_FOUND", f"user '{user_id}' not found", metadata={"user": user_id}
+            )
         await self._tokens.delete_many({"user_id": user_id})
 
     async def create_token(
@@ -85,11 +96,13 @@ class UserStore:
         return _token(document), secret
 
     async def authenticate(self, secret: str) -> user_pb2.User | None:
-        """The user a token secret belongs to, or None."""
-        token = await self._tokens.find_one({"hash": hash_secret(secret)})
+        """The user a token secret belongs to, or None; records the token's use."""
+        token = await self._tokens.find_one_and_update(
+            {"hash": hash_secret(secret)}, {"$set": {"last_used_time": now()}}
+        )
         if token is None:
             return None
-        user = await self._users.find_one({"_id": token["user_id"]})
+        user = await self._users.find_one({"_id": token["user_id"], **_LIVE})
         return None if user is None else _user(user)
 
     async def list_tokens(
@@ -116,9 +129,12 @@ def _user(document: Document) -> user_pb2.User:
 
 
 def _token(document: Document) -> user_pb2.ApiToken:
-    return user_pb2.ApiToken(
+    token = user_pb2.ApiToken(
         id=document["_id"],
         user_id=document["user_id"],
         description=document["description"],
         create_time=timestamp(document["create_time"]),
     )
+    if document.get("last_used_time") is not None:
+        token.last_used_time.CopyFrom(timestamp(document["last_used_time"]))
+    return token
