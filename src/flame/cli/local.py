@@ -40,7 +40,8 @@ def up(home: Path | None) -> None:
         plane.down(folder)
         names = ", ".join(item.name for item in unhealthy)
         raise CliError(f"not healthy: {names}; see {folder / 'logs'}")
-    click.echo(f"Flame is up: apiserver at {components[-1].address}")
+    apiserver = next(item for item in components if item.name == "apiserver")
+    click.echo(f"Flame is up: apiserver at {apiserver.address}")
     click.echo(f"flamectl config: {folder / 'config.yaml'}")
 
 

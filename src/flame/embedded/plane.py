@@ -11,6 +11,7 @@ Layout of the home folder:
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sys
 from collections.abc import Callable
@@ -34,6 +35,11 @@ from flame.rpc.certs import CertificateAuthority
 __all__ = ["Component", "ComponentHealth", "down", "internal_key_file", "status", "up"]
 
 ADMIN_USER = "admin"
+# The embedded compute, as the original's default deployer: datasets whose realm
+# is `default/us` (or the compute id `default`) run here, as do all non-data tasks.
+LOCAL_COMPUTE = "default"
+LOCAL_REGION = "default/us"
+_REGISTERED = re.compile(r'"message": "compute (registered)"')
 _START_TIMEOUT = 60.0
 _BIN = Path(sys.executable).parent
 
@@ -97,10 +103,12 @@ def up(home: Path, *, log: Callable[[str], None] = lambda _: None) -> list[Compo
         components.append(notifier)
         controller = _start_controller(home, ca, database.address, notifier.address, secrets_env, log)
         components.append(controller)
-        components.append(_start_apiserver(home, ca, controller.address, secrets_env, log))
+        apiserver = _start_apiserver(home, ca, controller.address, secrets_env, log)
+        components.append(apiserver)
+        components.append(_start_deployer(home, ca, apiserver, notifier, secrets_env, log))
     finally:
         _write_state(home, components)
-    _write_config(home, ca, components[-1].address, secrets_env)
+    _write_config(home, ca, apiserver.address, secrets_env)
     _write_secret(internal_key_file(home), internal_key)
     return components
 
@@ -195,6 +203,43 @@ def _start_apiserver(
         "--controller-ca", str(ca.cert_file),
     ]
     return _start_server("apiserver", home, command, env, log)
+
+
+def _start_deployer(
+    home: Path,
+    ca: CertificateAuthority,
+    apiserver: Component,
+    notifier: Component,
+    env: dict[str, str],
+    log: Callable[[str], None],
+) -> Component:
+    command = [
+        str(_BIN / "flame-deployer"),
+        "--compute-id", LOCAL_COMPUTE,
+        "--region", LOCAL_REGION,
+        "--apiserver", apiserver.address,
+        "--notifier", notifier.address,
+        "--ca-file", str(ca.cert_file),
+        "--work-root", str(home / "deployer"),
+    ]
+    deployer_env = {
+        "FLAME_DEPLOYER_ADMIN_TOKEN": env["FLAME_CONTROLLER_BOOTSTRAP_ADMIN_TOKEN"],
+        "FLAME_DEPLOYER_COMPUTE_KEY": _compute_key(home),
+    }
+    log_file = home / "logs" / "deployer.log"
+    log_file.unlink(missing_ok=True)
+    pid = spawn(command, log_file=log_file, env=deployer_env)
+    wait_for_announcement(log_file, pid, timeout=_START_TIMEOUT, pattern=_REGISTERED)
+    log(f"{'deployer':<12} compute {LOCAL_COMPUTE} ({LOCAL_REGION})")
+    return Component("deployer", pid, f"compute/{LOCAL_COMPUTE}", tls=False)
+
+
+def _compute_key(home: Path) -> str:
+    """The local compute's key: made once per home, since the compute stays registered."""
+    path = home / "compute.key"
+    if not path.exists():
+        _write_secret(path, secrets.token_urlsafe(32))
+    return path.read_text()
 
 
 def _start_server(

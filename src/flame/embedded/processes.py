@@ -65,12 +65,15 @@ def is_alive(pid: int) -> bool:
         return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
 
 
-def wait_for_announcement(log_file: Path, pid: int, *, timeout: float) -> str:
-    """The address a Flame server printed ("... serving on ADDRESS") in its log."""
+def wait_for_announcement(
+    log_file: Path, pid: int, *, timeout: float, pattern: re.Pattern[str] = _ANNOUNCE
+) -> str:
+    """What a process announced in its log: by default the address a Flame server
+    printed ("... serving on ADDRESS"); otherwise the first group of `pattern`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log_file.read_text(errors="replace") if log_file.exists() else ""
-        match = _ANNOUNCE.search(text)
+        match = pattern.search(text)
         if match:
             return match.group(1)
         if not is_alive(pid):
