@@ -33,7 +33,14 @@ from flame.rpc.errors import AlreadyExists
 from flame.rpc.server import Service, bind
 from flame.user.v1 import user_service_pb2, user_service_pb2_grpc
 
-__all__ = ["ControllerSettings", "Stores", "bootstrap_admin", "controller_services", "open_database", "open_stores"]
+__all__ = [
+    "ControllerSettings",
+    "Stores",
+    "bootstrap_admin",
+    "controller_services",
+    "open_database",
+    "open_stores",
+]
 
 DEFAULT_MAX_CODE_BYTES = 32 * 1024 * 1024
 

@@ -89,7 +89,9 @@ def _refuse_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _refuse_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def refuse(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
         yield None  # unreachable: abort raises; makes this an async generator
 

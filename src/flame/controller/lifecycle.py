@@ -16,6 +16,7 @@ carries it on from wherever it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 from collections import Counter
@@ -111,10 +112,8 @@ class JobManager:
     async def wait_for_change(self, timeout: float) -> None:
         """Wait until the reconciler changed some job, or `timeout` seconds."""
         async with self._changed:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
-                pass
 
     # The loop.
 
@@ -131,10 +130,8 @@ class JobManager:
                     _log.exception("reconciling job failed", extra={"job": job_id})
             async with self._changed:
                 self._changed.notify_all()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._tick)
-            except TimeoutError:
-                pass
 
     async def reconcile(self, job_id: str) -> None:
         """Do the next step of one job."""
@@ -223,13 +220,16 @@ class JobManager:
     async def _failure_reason(self, job_id: str) -> str:
         for _, task in await self._jobs.list_tasks(job_id):
             if task.state == Task.STATE_FAILED:
-                return f"task {task.task_id[:12]} (role {task.role}) failed: {task.reason or 'no reason given'}"
+                detail = task.reason or "no reason given"
+                return f"task {task.task_id[:12]} (role {task.role}) failed: {detail}"
         return "a task failed"
 
     def _overdue(self, document: Document) -> bool:
         limit = document["resource"].get("maxRunTimeSeconds", 0)
         started = document.get("start_time")
-        return bool(limit and started) and now() - _aware(started) > datetime.timedelta(seconds=limit)
+        return bool(limit and started) and now() - _aware(started) > datetime.timedelta(
+            seconds=limit
+        )
 
     def _require_publisher(self) -> EventPublisher:
         if self._publisher is None:

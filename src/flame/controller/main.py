@@ -58,7 +58,9 @@ def _parse_sort_value(value: str, option: str) -> tuple[str, str]:
 @click.option("--notifier-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--notifier-plaintext", is_flag=True, help="Reach the notifier without TLS.")
 @click.option("--max-code-bytes", default=DEFAULT_MAX_CODE_BYTES, show_default=True)
-@click.option("--bootstrap-admin", default="", help=f"Admin user to create with ${BOOTSTRAP_TOKEN_ENV}.")
+@click.option(
+    "--bootstrap-admin", default="", help=f"Admin user to create with ${BOOTSTRAP_TOKEN_ENV}."
+)
 def main(
     host: str,
     port: int,
@@ -87,7 +89,9 @@ def main(
         tls_client_ca=tls_client_ca,
         plaintext=plaintext,
     )
-    registry_sort, registry_uri = _parse_sort_value(registry, "--registry") if registry else ("", "")
+    registry_sort, registry_uri = (
+        _parse_sort_value(registry, "--registry") if registry else ("", "")
+    )
     settings = ControllerSettings(
         params=PlatformParams(
             brokers=tuple(Broker(*_parse_sort_value(item, "--broker")) for item in brokers),
@@ -132,4 +136,3 @@ def main(
         await serve_until_signal(running, on_stop=close)
 
     run_server("flame-controller", log_level, serve)
-

@@ -22,7 +22,10 @@ def mask_paths(mask: field_mask_pb2.FieldMask, mutable: Sequence[str]) -> list[s
             "INVALID_UPDATE_MASK",
             f"update_mask may only name {', '.join(mutable)}",
             violations=[
-                FieldViolation(f"update_mask.paths[{list(mask.paths).index(path)}]", f"'{path}' cannot be updated")
+                FieldViolation(
+                    f"update_mask.paths[{list(mask.paths).index(path)}]",
+                    f"'{path}' cannot be updated",
+                )
                 for path in wrong
             ],
         )

@@ -8,9 +8,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from flame.agent.v1 import agent_pb2
+from flame.agent.v1 import agent_pb2, agent_service_pb2_grpc
 from flame.agent.v1 import agent_service_pb2 as pb
-from flame.agent.v1 import agent_service_pb2_grpc
 from flame.controller.caller import metadata_value
 from flame.controller.lifecycle import JobManager
 from flame.controller.store.designs import DesignStore
@@ -109,7 +108,9 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         size = 0
         async for message in request_iterator:
             if identity is None:
-                await self._authenticate(context, message.job_id, message.task_id, active_only=False)
+                await self._authenticate(
+                    context, message.job_id, message.task_id, active_only=False
+                )
                 identity = (message.job_id, message.task_id)
             elif (message.job_id, message.task_id) != identity:
                 raise InvalidArgument("LOG_STREAM_INVALID", "one log stream carries one task's log")
@@ -126,9 +127,13 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         )
         return pb.RegisterPeerResponse(peers=peers)
 
-    async def ListPeers(self, request: pb.ListPeersRequest, context: Context) -> pb.ListPeersResponse:
+    async def ListPeers(
+        self, request: pb.ListPeersRequest, context: Context
+    ) -> pb.ListPeersResponse:
         await self._authenticate(context, request.job_id, request.task_id)
-        peers = await self._peers.list_peers(request.job_id, request.channel, request.group, request.role)
+        peers = await self._peers.list_peers(
+            request.job_id, request.channel, request.group, request.role
+        )
         return pb.ListPeersResponse(peers=peers)
 
     async def _authenticate(

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flame.compute.v1 import compute_pb2
+from flame.compute.v1 import compute_pb2, compute_service_pb2_grpc
 from flame.compute.v1 import compute_service_pb2 as pb
-from flame.compute.v1 import compute_service_pb2_grpc
 from flame.controller.caller import caller_of, metadata_value, require_admin
 from flame.controller.lifecycle import JobManager
 from flame.controller.pagination import decode_token, next_page, page_size
@@ -44,7 +43,9 @@ class ComputeServicer(compute_service_pb2_grpc.ComputeServiceServicer):
         compute, created = await self._computes.register(request.compute, request.api_key)
         return pb.RegisterComputeResponse(compute=compute, created=created)
 
-    async def GetCompute(self, request: pb.GetComputeRequest, context: Context) -> pb.GetComputeResponse:
+    async def GetCompute(
+        self, request: pb.GetComputeRequest, context: Context
+    ) -> pb.GetComputeResponse:
         caller_of(context)
         return pb.GetComputeResponse(compute=await self._computes.get(request.compute_id))
 
@@ -64,7 +65,6 @@ class ComputeServicer(compute_service_pb2_grpc.ComputeServiceServicer):
         require_admin(context)
         await self._computes.delete(request.compute_id)
         return pb.DeleteComputeResponse()
-
 
     async def GetDeploymentConfig(
         self, request: pb.GetDeploymentConfigRequest, context: Context
@@ -95,7 +95,9 @@ class ComputeServicer(compute_service_pb2_grpc.ComputeServiceServicer):
         changed = False
         for status in request.statuses:
             if status.state in _AGENT_GONE:
-                reason = f"agent on compute {request.compute_id} failed: {status.message or 'no detail'}"
+                reason = (
+                    f"agent on compute {request.compute_id} failed: {status.message or 'no detail'}"
+                )
                 changed |= await self._jobs.report_task(
                     request.job_id, status.task_id, task_pb2.Task.STATE_FAILED, reason=reason
                 )

@@ -9,17 +9,22 @@ from typing import Any
 from google.protobuf import field_mask_pb2
 
 from flame.controller.caller import caller_of
+from flame.controller.jobbuilder import (
+    DEFAULT_MAX_RUN_TIME_SECONDS,
+    PlatformParams,
+    TaskPlan,
+    config_json,
+    expand_job,
+)
 from flame.controller.lifecycle import JobManager
-from flame.controller.jobbuilder import DEFAULT_MAX_RUN_TIME_SECONDS, PlatformParams, TaskPlan, config_json, expand_job
 from flame.controller.masks import mask_paths
 from flame.controller.pagination import decode_token, next_page, page_size
 from flame.controller.store.datasets import DatasetStore
 from flame.controller.store.designs import DesignStore
 from flame.controller.store.jobs import ACTIVE_STATES, TERMINAL_TASK_STATES, JobStore
 from flame.controller.validation import check_roles_have_code, validate_job_spec
-from flame.job.v1 import job_pb2, task_pb2
+from flame.job.v1 import job_pb2, job_service_pb2_grpc, task_pb2
 from flame.job.v1 import job_service_pb2 as pb
-from flame.job.v1 import job_service_pb2_grpc
 from flame.rpc.errors import FailedPrecondition
 
 __all__ = ["JobServicer"]
@@ -56,7 +61,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._datasets = datasets
         self._params = params
 
-    async def CreateJob(self, request: pb.CreateJobRequest, context: Context) -> pb.CreateJobResponse:
+    async def CreateJob(
+        self, request: pb.CreateJobRequest, context: Context
+    ) -> pb.CreateJobResponse:
         caller = caller_of(context)
         job = job_pb2.Job()
         job.CopyFrom(request.job)
@@ -77,7 +84,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         page, token = next_page(jobs, limit, lambda job: job.id, query)
         return pb.ListJobsResponse(jobs=page, next_page_token=token)
 
-    async def UpdateJob(self, request: pb.UpdateJobRequest, context: Context) -> pb.UpdateJobResponse:
+    async def UpdateJob(
+        self, request: pb.UpdateJobRequest, context: Context
+    ) -> pb.UpdateJobResponse:
         caller = caller_of(context)
         paths = mask_paths(request.update_mask, _MUTABLE)
         job = await self._jobs.get(caller.user_id, request.job.id)
@@ -88,7 +97,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         tasks = await self._expand(job)
         return pb.UpdateJobResponse(job=await self._jobs.replace(job, tasks))
 
-    async def DeleteJob(self, request: pb.DeleteJobRequest, context: Context) -> pb.DeleteJobResponse:
+    async def DeleteJob(
+        self, request: pb.DeleteJobRequest, context: Context
+    ) -> pb.DeleteJobResponse:
         caller = caller_of(context)
         job = await self._jobs.get(caller.user_id, request.job_id)
         _require_inactive(job, "deleted")
@@ -132,7 +143,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 return
             await asyncio.sleep(_POLL_SECONDS)
 
-    async def ListTasks(self, request: pb.ListTasksRequest, context: Context) -> pb.ListTasksResponse:
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: Context
+    ) -> pb.ListTasksResponse:
         caller = caller_of(context)
         await self._jobs.get(caller.user_id, request.job_id)
         limit = page_size(request.page_size)
@@ -193,6 +206,7 @@ def _require_inactive(job: job_pb2.Job, action: str) -> None:
         state = job_pb2.Job.State.Name(job.state)
         raise FailedPrecondition(
             "ILLEGAL_STATE_TRANSITION",
-            f"job '{job.id}' is {state.removeprefix('STATE_').lower()}; stop it before it is {action}",
+            f"job '{job.id}' is {state.removeprefix('STATE_').lower()}; "
+            f"stop it before it is {action}",
             metadata={"job": job.id, "state": state},
         )

@@ -24,7 +24,9 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
     def __init__(self, store: UserStore) -> None:
         self._store = store
 
-    async def CreateUser(self, request: pb.CreateUserRequest, context: Context) -> pb.CreateUserResponse:
+    async def CreateUser(
+        self, request: pb.CreateUserRequest, context: Context
+    ) -> pb.CreateUserResponse:
         require_admin(context)
         violation = validate_identifier(request.user.id, "user.id", "user id")
         if violation:
@@ -40,7 +42,9 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
             raise PermissionDenied("PERMISSION_DENIED", "only admins read other users")
         return pb.GetUserResponse(user=await self._store.get_user(user_id))
 
-    async def ListUsers(self, request: pb.ListUsersRequest, context: Context) -> pb.ListUsersResponse:
+    async def ListUsers(
+        self, request: pb.ListUsersRequest, context: Context
+    ) -> pb.ListUsersResponse:
         require_admin(context)
         limit = page_size(request.page_size)
         after = decode_token(request.page_token, "users")
@@ -48,7 +52,9 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
         page, token = next_page(users, limit, lambda user: user.id, "users")
         return pb.ListUsersResponse(users=page, next_page_token=token)
 
-    async def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> pb.DeleteUserResponse:
+    async def DeleteUser(
+        self, request: pb.DeleteUserRequest, context: Context
+    ) -> pb.DeleteUserResponse:
         caller = require_admin(context)
         if request.user_id == caller.user_id:
             raise FailedPrecondition("USER_IS_CALLER", "an admin cannot delete itself")

@@ -62,7 +62,9 @@ class ComputeStore:
     async def list_computes(self, *, after: str | None, limit: int) -> list[compute_pb2.Compute]:
         query: dict[str, Any] = {} if after is None else {"_id": {"$gt": after}}
         cursor = self._computes.find(query).sort("_id", 1).limit(limit)
-        return [from_document(document["resource"], compute_pb2.Compute) async for document in cursor]
+        return [
+            from_document(document["resource"], compute_pb2.Compute) async for document in cursor
+        ]
 
     async def all(self) -> list[compute_pb2.Compute]:
         return await self.list_computes(after=None, limit=0)

@@ -53,7 +53,9 @@ class DatasetStore:
         """The datasets among `ids` that the caller may use, by id."""
         object_ids = [_object_id(item) for item in ids if ObjectId.is_valid(item)]
         cursor = self._datasets.find(_visible(caller, {"_id": {"$in": object_ids}}))
-        found = [from_document(document["resource"], dataset_pb2.Dataset) async for document in cursor]
+        found = [
+            from_document(document["resource"], dataset_pb2.Dataset) async for document in cursor
+        ]
         return {dataset.id: dataset for dataset in found}
 
     async def list_datasets(
@@ -63,7 +65,9 @@ class DatasetStore:
         if after is not None:
             query = {"$and": [query, {"_id": {"$gt": _object_id(after)}}]}
         cursor = self._datasets.find(query).sort("_id", 1).limit(limit)
-        return [from_document(document["resource"], dataset_pb2.Dataset) async for document in cursor]
+        return [
+            from_document(document["resource"], dataset_pb2.Dataset) async for document in cursor
+        ]
 
     async def replace(self, owner: str, dataset: dataset_pb2.Dataset) -> dataset_pb2.Dataset:
         """Store new values for an existing dataset of `owner`."""

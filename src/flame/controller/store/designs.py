@@ -46,7 +46,9 @@ class DesignStore:
         await self._schemas.create_index(
             [("owner", 1), ("design_id", 1), ("revision", 1)], unique=True
         )
-        await self._code.create_index([("owner", 1), ("design_id", 1), ("revision", 1)], unique=True)
+        await self._code.create_index(
+            [("owner", 1), ("design_id", 1), ("revision", 1)], unique=True
+        )
 
     # Designs.
 
@@ -76,7 +78,9 @@ class DesignStore:
             raise _design_not_found(design_id)
         return await self._design(document)
 
-    async def list_designs(self, owner: str, *, after: str | None, limit: int) -> list[design_pb2.Design]:
+    async def list_designs(
+        self, owner: str, *, after: str | None, limit: int
+    ) -> list[design_pb2.Design]:
         query: dict[str, Any] = {"owner": owner}
         if after is not None:
             query["id"] = {"$gt": after}

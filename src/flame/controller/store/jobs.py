@@ -28,9 +28,7 @@ Task = task_pb2.Task
 ACTIVE_STATES = frozenset(
     {Job.STATE_STARTING, Job.STATE_DEPLOYING, Job.STATE_RUNNING, Job.STATE_STOPPING}
 )
-TERMINAL_TASK_STATES = frozenset(
-    {Task.STATE_COMPLETED, Task.STATE_FAILED, Task.STATE_TERMINATED}
-)
+TERMINAL_TASK_STATES = frozenset({Task.STATE_COMPLETED, Task.STATE_FAILED, Task.STATE_TERMINATED})
 # The task states an agent may move a task from, per reported state.
 _TASK_TRANSITIONS: dict[int, tuple[int, ...]] = {
     Task.STATE_RUNNING: (Task.STATE_READY,),
@@ -222,7 +220,14 @@ class JobStore:
         return [document["task_id"] async for document in cursor]
 
     async def report_task(
-        self, job_id: str, task_id: str, state: int, *, exit_code: int = 0, reason: str = "", log_tail: str = ""
+        self,
+        job_id: str,
+        task_id: str,
+        state: int,
+        *,
+        exit_code: int = 0,
+        reason: str = "",
+        log_tail: str = "",
     ) -> bool:
         """Apply a task state reported by its agent or deployer if the transition is
         legal; False when the task was already past it (e.g. a late report)."""
@@ -265,9 +270,7 @@ class JobStore:
 
     async def read_log(self, job_id: str, task_id: str, offset: int) -> list[tuple[int, bytes]]:
         """The log pieces from `offset` on, as (offset, bytes), the first one trimmed."""
-        cursor = self._logs.find(
-            {"job_id": job_id, "task_id": task_id}, sort=[("offset", 1)]
-        )
+        cursor = self._logs.find({"job_id": job_id, "task_id": task_id}, sort=[("offset", 1)])
         pieces = []
         async for document in cursor:
             start, data = document["offset"], bytes(document["data"])
@@ -281,13 +284,25 @@ class JobStore:
 def _spec(job: Job) -> Job:
     spec = Job()
     spec.CopyFrom(job)
-    for name in ("state", "reason", "task_counts", "create_time", "start_time", "update_time", "end_time"):
+    for name in (
+        "state",
+        "reason",
+        "task_counts",
+        "create_time",
+        "start_time",
+        "update_time",
+        "end_time",
+    ):
         spec.ClearField(name)  # type: ignore[arg-type]
     return spec
 
 
 def _status(
-    state: int, moment: datetime.datetime, *, reason: str = "", create_time: datetime.datetime | None = None
+    state: int,
+    moment: datetime.datetime,
+    *,
+    reason: str = "",
+    create_time: datetime.datetime | None = None,
 ) -> Document:
     fields: Document = {"state": Job.State.Name(state), "reason": reason, "update_time": moment}  # type: ignore[arg-type]
     if create_time is not None:
@@ -315,7 +330,9 @@ def _task_spec(task: Task) -> Task:
     return spec
 
 
-def _task_status(state: int, *, exit_code: int = 0, reason: str = "", log_tail: str = "") -> Document:
+def _task_status(
+    state: int, *, exit_code: int = 0, reason: str = "", log_tail: str = ""
+) -> Document:
     return {
         "state": Task.State.Name(state),  # type: ignore[arg-type]
         "exit_code": exit_code,
