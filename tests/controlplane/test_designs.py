@@ -202,6 +202,8 @@ def test_schema_revisions(alice: Client) -> None:
     after = _get(alice, design_id)
     assert after.design.latest_schema_revision == 0 and not after.HasField("schema")
     assert not alice.designs.ListSchemas(request).schemas
+    # Numbers are never reused: a job that recorded revision 1 keeps meaning v1.
+    assert _create_schema(alice, design_id, _schema("v6")).revision == 6
 
 
 def _unknown_role_in_pair(schema: design_pb2.Schema) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gridfs import AsyncGridFSBucket
-from pymongo import DESCENDING
+from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -27,9 +27,6 @@ from flame.rpc.errors import AlreadyExists, NotFound
 __all__ = ["DesignStore"]
 
 _DOWNLOAD_CHUNK_BYTES = 1024 * 1024
-# Concurrent writers of the same design race for the next revision number; the
-# unique index settles it and the loser retries this many times.
-_REVISION_ATTEMPTS = 5
 
 
 class DesignStore:
@@ -120,24 +117,32 @@ class DesignStore:
     async def add_schema(
         self, owner: str, design_id: str, schema: design_pb2.Schema
     ) -> design_pb2.Schema:
-        await self.get(owner, design_id)
-        for _ in range(_REVISION_ATTEMPTS):
-            stored = design_pb2.Schema()
-            stored.CopyFrom(schema)
-            stored.revision = await _latest_revision(self._schemas, owner, design_id) + 1
-            stored.create_time.CopyFrom(timestamp(now()))
-            document = {
+        stored = design_pb2.Schema()
+        stored.CopyFrom(schema)
+        stored.revision = await self._next_revision(owner, design_id, "schema_revisions")
+        stored.create_time.CopyFrom(timestamp(now()))
+        await self._schemas.insert_one(
+            {
                 "owner": owner,
                 "design_id": design_id,
                 "revision": stored.revision,
                 "resource": to_document(stored),
             }
-            try:
-                await self._schemas.insert_one(document)
-                return stored
-            except DuplicateKeyError:
-                continue
-        raise AlreadyExists("SCHEMA_CONFLICT", "concurrent schema updates; try again")
+        )
+        return stored
+
+    async def _next_revision(self, owner: str, design_id: str, counter: str) -> int:
+        """Allocate the design's next revision number of a kind. Numbers are never
+        reused, even after deletions, so a job's recorded revision always means
+        the content it was created with."""
+        document = await self._designs.find_one_and_update(
+            {"owner": owner, "id": design_id},
+            {"$inc": {counter: 1}, "$set": {"update_time": now()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is None:
+            raise _design_not_found(design_id)
+        return int(document[counter])
 
     async def get_schema(self, owner: str, design_id: str, revision: int = 0) -> design_pb2.Schema:
         query: dict[str, Any] = {"owner": owner, "design_id": design_id}
@@ -172,27 +177,21 @@ class DesignStore:
     async def add_code(
         self, owner: str, design_id: str, info: code_pb2.CodeRevision, data: bytes
     ) -> code_pb2.CodeRevision:
-        await self.get(owner, design_id)
+        stored = code_pb2.CodeRevision()
+        stored.CopyFrom(info)
+        stored.revision = await self._next_revision(owner, design_id, "code_revisions")
+        stored.create_time.CopyFrom(timestamp(now()))
         blob_id = await self._blobs.upload_from_stream(info.file_name or "code.zip", data)
-        for _ in range(_REVISION_ATTEMPTS):
-            stored = code_pb2.CodeRevision()
-            stored.CopyFrom(info)
-            stored.revision = await _latest_revision(self._code, owner, design_id) + 1
-            stored.create_time.CopyFrom(timestamp(now()))
-            document = {
+        await self._code.insert_one(
+            {
                 "owner": owner,
                 "design_id": design_id,
                 "revision": stored.revision,
                 "blob_id": blob_id,
                 "resource": to_document(stored),
             }
-            try:
-                await self._code.insert_one(document)
-                return stored
-            except DuplicateKeyError:
-                continue
-        await self._blobs.delete(blob_id)
-        raise AlreadyExists("CODE_CONFLICT", "concurrent code uploads; try again")
+        )
+        return stored
 
     async def get_code(
         self, owner: str, design_id: str, revision: int = 0
