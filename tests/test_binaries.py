@@ -57,14 +57,39 @@ def apiserver(controller: ServerProcess) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def notifier() -> Iterator[ServerProcess]:
-    with start_server_process(["flame-notifier", "--plaintext"]) as server:
+def notifier(mongo_uri: str) -> Iterator[ServerProcess]:
+    args = ["flame-notifier", "--plaintext", "--mongo-uri", mongo_uri, "--database", "binaries"]
+    with start_server_process(args) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def flamelet() -> Iterator[ServerProcess]:
-    with start_server_process(["flamelet", "--plaintext"], announcements=2) as server:
+    # The `flamelet` binary is a task agent, not a server (tests/flamelet run it): its
+    # data-plane servers start with a task. They are served here the way the agent's
+    # data plane serves them, through flame.flamelet.servers.
+    script = """
+import asyncio, pathlib, tempfile
+from flame.dataplane.v1.channel_service_pb2_grpc import ChannelServiceServicer
+from flame.flamelet.servers import channel_services, peer_services
+from flame.peer.v1.peer_service_pb2_grpc import PeerServiceServicer
+from flame.rpc.command import announce
+from flame.rpc.server import ServerOptions, serve_until_signal, start_server
+
+async def serve():
+    with tempfile.TemporaryDirectory(prefix="flamelet-") as folder:
+        socket = pathlib.Path(folder) / "channel.sock"
+        peer = await start_server(peer_services(PeerServiceServicer()), ServerOptions())
+        local = await start_server(
+            channel_services(ChannelServiceServicer()), ServerOptions(host=f"unix:{socket}")
+        )
+        announce("flamelet", peer)
+        announce("flamelet channel", local)
+        await serve_until_signal(peer, on_stop=local.stop)
+
+asyncio.run(serve())
+"""
+    with start_server_process(["python", "-c", script], announcements=2) as server:
         yield server
 
 

@@ -9,13 +9,16 @@ from google.protobuf import field_mask_pb2
 from flame.compute.v1 import compute_pb2
 from flame.data.v1 import dataset_pb2
 from flame.data.v1 import dataset_service_pb2 as pb
+from flame.job.v1 import job_service_pb2 as job_pb
 from tests.controlplane.helpers import (
     Client,
     Code,
     check_pagination,
+    create_job,
     expect_foreign_token,
     expect_hidden,
     expect_refusal,
+    prepare_example,
     unchanged,
     unique,
     violation_of,
@@ -252,3 +255,18 @@ def test_another_users_public_dataset_is_readable_not_writable(alice: Client, bo
             lambda: bob.datasets.DeleteDataset(pb.DeleteDatasetRequest(dataset_id=public.id)),
         ):
             expect_hidden(call, "DATASET_NOT_FOUND", alice.user_id)
+
+
+def test_a_dataset_read_by_a_job_cannot_be_deleted(alice: Client) -> None:
+    example = prepare_example(alice, "mnist")
+    job = create_job(alice, example.job)
+    (dataset_id,) = example.datasets.values()
+    with unchanged(alice):
+        details = expect_refusal(
+            lambda: alice.datasets.DeleteDataset(pb.DeleteDatasetRequest(dataset_id=dataset_id)),
+            Code.FAILED_PRECONDITION,
+            "DATASET_IN_USE",
+        )
+    assert details.metadata["jobs"] == "1"
+    alice.jobs.DeleteJob(job_pb.DeleteJobRequest(job_id=job.id))
+    alice.datasets.DeleteDataset(pb.DeleteDatasetRequest(dataset_id=dataset_id))

@@ -119,7 +119,7 @@ def controller_services(
         bind(
             dataset_service_pb2.DESCRIPTOR.services_by_name["DatasetService"],
             dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server,
-            DatasetServicer(stores.datasets, stores.computes),
+            DatasetServicer(stores.datasets, stores.computes, stores.jobs),
         ),
         bind(
             job_service_pb2.DESCRIPTOR.services_by_name["JobService"],

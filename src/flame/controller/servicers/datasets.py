@@ -9,10 +9,11 @@ from flame.controller.masks import mask_paths
 from flame.controller.pagination import decode_token, next_page, page_size
 from flame.controller.store.computes import ComputeStore
 from flame.controller.store.datasets import DatasetStore
+from flame.controller.store.jobs import JobStore
 from flame.controller.validation import resolve_realm, validate_dataset
 from flame.data.v1 import dataset_pb2, dataset_service_pb2_grpc
 from flame.data.v1 import dataset_service_pb2 as pb
-from flame.rpc.errors import NotFound
+from flame.rpc.errors import FailedPrecondition, NotFound
 
 __all__ = ["DatasetServicer"]
 
@@ -23,7 +24,8 @@ _MUTABLE = ("name", "description", "url", "data_format", "realm", "is_public")
 class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     """Datasets of the calling user, and public ones for reading."""
 
-    def __init__(self, datasets: DatasetStore, computes: ComputeStore) -> None:
+    def __init__(self, datasets: DatasetStore, computes: ComputeStore, jobs: JobStore) -> None:
+        self._jobs = jobs
         self._datasets = datasets
         self._computes = computes
 
@@ -62,14 +64,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     ) -> pb.UpdateDatasetResponse:
         caller = caller_of(context)
         paths = mask_paths(request.update_mask, _MUTABLE)
-        current = await self._datasets.get(caller.user_id, request.dataset.id)
-        if current.owner != caller.user_id:
-            # Others' public datasets are readable, never writable: answer as if absent.
-            raise NotFound(
-                "DATASET_NOT_FOUND",
-                f"dataset '{request.dataset.id}' not found",
-                metadata={"dataset": request.dataset.id},
-            )
+        current = await self._own_dataset(caller.user_id, request.dataset.id)
         updated = dataset_pb2.Dataset()
         updated.CopyFrom(current)
         for path in paths:
@@ -89,8 +84,28 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: pb.DeleteDatasetRequest, context: Context
     ) -> pb.DeleteDatasetResponse:
         caller = caller_of(context)
+        await self._own_dataset(caller.user_id, request.dataset_id)
+        users = await self._jobs.count_using_dataset(request.dataset_id)
+        if users:
+            raise FailedPrecondition(
+                "DATASET_IN_USE",
+                f"dataset '{request.dataset_id}' is read by {users} job(s); delete them first",
+                metadata={"dataset": request.dataset_id, "jobs": str(users)},
+            )
         await self._datasets.delete(caller.user_id, request.dataset_id)
         return pb.DeleteDatasetResponse()
+
+    async def _own_dataset(self, owner: str, dataset_id: str) -> dataset_pb2.Dataset:
+        """One of the caller's own datasets. Others' public datasets are readable,
+        never writable: for writes they answer as if absent."""
+        dataset = await self._datasets.get(owner, dataset_id)
+        if dataset.owner != owner:
+            raise NotFound(
+                "DATASET_NOT_FOUND",
+                f"dataset '{dataset_id}' not found",
+                metadata={"dataset": dataset_id},
+            )
+        return dataset
 
     async def _resolved(self, dataset: dataset_pb2.Dataset) -> dataset_pb2.Dataset:
         """The dataset validated, with its realm resolved to a compute."""

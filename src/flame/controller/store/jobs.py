@@ -55,6 +55,7 @@ class JobStore:
     async def ensure_indexes(self) -> None:
         await self._jobs.create_index([("owner", 1), ("_id", -1)])
         await self._jobs.create_index([("owner", 1), ("design_id", 1)])
+        await self._jobs.create_index("dataset_ids")
         await self._jobs.create_index("state")
         await self._tasks.create_index([("job_id", 1), ("task_id", 1)], unique=True)
         await self._tasks.create_index([("job_id", 1), ("index", 1)])
@@ -76,6 +77,7 @@ class JobStore:
                 "owner": job.owner,
                 "design_id": job.design_id,
                 "resource": to_document(spec),
+                "dataset_ids": _dataset_ids(job),
                 **_status(Job.STATE_READY, moment, create_time=moment),
             }
         )
@@ -108,6 +110,10 @@ class JobStore:
         query = {"$or": [{"state": {"$in": names}}, {"revoke_pending": True}]}
         return [str(document["_id"]) async for document in self._jobs.find(query, {"_id": 1})]
 
+    async def count_using_dataset(self, dataset_id: str) -> int:
+        """How many jobs, of any user, read a dataset."""
+        return await self._jobs.count_documents({"dataset_ids": dataset_id})
+
     async def count_for_design(self, owner: str, design_id: str) -> int:
         return await self._jobs.count_documents({"owner": owner, "design_id": design_id})
 
@@ -118,7 +124,13 @@ class JobStore:
         await self._insert_tasks(job.id, tasks)
         await self._jobs.update_one(
             {"_id": ObjectId(job.id)},
-            {"$set": {"resource": to_document(_spec(job)), **_status(Job.STATE_READY, now())}},
+            {
+                "$set": {
+                    "resource": to_document(_spec(job)),
+                    "dataset_ids": _dataset_ids(job),
+                    **_status(Job.STATE_READY, now()),
+                }
+            },
         )
         return await self.get(job.owner, job.id)
 
@@ -279,6 +291,17 @@ class JobStore:
             skip = max(0, offset - start)
             pieces.append((start + skip, data[skip:]))
         return pieces
+
+
+def _dataset_ids(job: Job) -> list[str]:
+    return sorted(
+        {
+            dataset_id
+            for role in job.data_spec
+            for group in role.dataset_groups.values()
+            for dataset_id in group.dataset_ids
+        }
+    )
 
 
 def _spec(job: Job) -> Job:

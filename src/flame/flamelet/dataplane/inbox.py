@@ -1,0 +1,249 @@
+"""The receiving half of a channel: reassemble, verify, acknowledge, queue.
+
+A sender transfers one message at a time to a given end, so the inbox holds at most
+one message in reassembly per sender, written into one buffer allocated up front
+(`flame.wire.Reassembler`). Acknowledgements tell the sender how far it got:
+
+* every `ack_every` chunks, `Ack(next_sequence=n)`: chunks below n arrived;
+* once the message is whole and matches its digest, `Ack(complete=True)`;
+* when the digest does not match, `Ack(corrupt=True)`: the sender starts over;
+* when a chunk arrives past a missing one, `Ack(next_sequence=n)` repeating the last
+  acknowledged position: the sender resends from n (a duplicate acknowledgement, as
+  in TCP). The gap is reported once per position.
+
+Replayed chunks (after a resume) are ignored, and so is every chunk of a message
+completed recently (a bounded set of ids per sender), whose completion is simply
+acknowledged again: nothing reaches the role code twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from flame.flamelet.dataplane.settings import TransferLimits
+from flame.transport.v1 import frame_pb2
+from flame.wire import ChunkError, Reassembler
+
+__all__ = ["Delivered", "Inbox", "RecentIds"]
+
+_log = logging.getLogger(__name__)
+
+AckSender = Callable[[str, frame_pb2.Ack], None]
+
+
+@dataclass(eq=False)
+class Delivered:
+    """A complete, verified message waiting for the role code.
+
+    Attributes:
+        sender_id: The end that sent it.
+        message_id: The sender's id for it.
+        data: The message bytes.
+        sha256: Their lowercase hex SHA-256.
+        broadcast: Whether the sender broadcast it.
+        receive_time: When its last chunk arrived.
+    """
+
+    sender_id: str
+    message_id: str
+    data: bytearray
+    sha256: str
+    broadcast: bool
+    receive_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(eq=False)
+class _Incoming:
+    chunk: frame_pb2.Chunk  # The first chunk seen, without its data.
+    reassembler: Reassembler
+    acked: int = 0
+    gap_reported_at: int = -1
+
+    def announces_the_same(self, chunk: frame_pb2.Chunk) -> bool:
+        first = self.chunk
+        return (first.total_size, first.total_chunks, first.sha256) == (
+            chunk.total_size,
+            chunk.total_chunks,
+            chunk.sha256,
+        )
+
+
+class RecentIds:
+    """The last `capacity` ids added, for membership tests."""
+
+    def __init__(self, capacity: int) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+
+    def add(self, message_id: str) -> None:
+        self._ids[message_id] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids
+
+
+class Inbox:
+    """Messages addressed to one end of one channel.
+
+    Args:
+        end_id: The receiving end.
+        limits: Acknowledgement rate, message size limit, duplicate memory.
+        send_ack: Sends an ack to a sender; must not block.
+        delivered: Called after a message was queued.
+    """
+
+    def __init__(
+        self,
+        end_id: str,
+        limits: TransferLimits,
+        send_ack: AckSender,
+        delivered: Callable[[], None],
+    ) -> None:
+        self._end_id = end_id
+        self._limits = limits
+        self._send_ack = send_ack
+        self._delivered = delivered
+        self._incoming: dict[str, _Incoming] = {}
+        self._completed: dict[str, RecentIds] = {}
+        self._queue: deque[Delivered] = deque()
+
+    def chunk_received(self, chunk: frame_pb2.Chunk) -> None:
+        """Take one chunk addressed to this end."""
+        sender, message_id = chunk.sender_id, chunk.message_id
+        if not sender or not message_id or sender == self._end_id:
+            _log.warning("dropped a chunk without sender or message id")
+            return
+        if message_id in self._completed.get(sender, ()):
+            self._ack(chunk, next_sequence=chunk.total_chunks, complete=True)
+            return
+        incoming = self._incoming.get(sender)
+        if incoming is None or incoming.chunk.message_id != message_id:
+            # A sender moves on only after the completion; an unfinished message
+            # it replaced was abandoned.
+            incoming = self._start(chunk)
+        elif not incoming.announces_the_same(chunk):
+            _log.warning("dropped a chunk contradicting its message", extra=_where(chunk))
+            return
+        if incoming is not None:
+            self._add(incoming, chunk)
+
+    def take(self, senders: Collection[str] | None, *, peek: bool = False) -> Delivered | None:
+        """The oldest queued message from one of `senders` (any sender when None).
+
+        Args:
+            senders: The ends to take from.
+            peek: Leave the message queued.
+        """
+        for index, message in enumerate(self._queue):
+            if senders is None or message.sender_id in senders:
+                if not peek:
+                    del self._queue[index]
+                return message
+        return None
+
+    def put_back(self, message: Delivered) -> None:
+        """Queue a taken message again, first: its delivery to the role code failed."""
+        self._queue.appendleft(message)
+        self._delivered()
+
+    def has_from(self, sender: str) -> bool:
+        """Whether a message from `sender` is queued."""
+        return any(message.sender_id == sender for message in self._queue)
+
+    def forget(self, sender: str) -> None:
+        """Drop the unfinished message of a sender that is gone for good."""
+        self._incoming.pop(sender, None)
+
+    def _start(self, chunk: frame_pb2.Chunk) -> _Incoming | None:
+        self._incoming.pop(chunk.sender_id, None)
+        try:
+            reassembler = Reassembler(
+                chunk.message_id,
+                chunk.total_size,
+                chunk.total_chunks,
+                chunk.sha256,
+                max_message_bytes=self._limits.max_message_bytes,
+            )
+        except ChunkError as error:
+            _log.warning("dropped a chunk of an invalid message: %s", error, extra=_where(chunk))
+            return None
+        # Keep the announcement, not the chunk's bytes, for as long as the transfer.
+        announcement = frame_pb2.Chunk()
+        announcement.CopyFrom(chunk)
+        announcement.ClearField("data")
+        incoming = _Incoming(announcement, reassembler)
+        self._incoming[chunk.sender_id] = incoming
+        return incoming
+
+    def _add(self, incoming: _Incoming, chunk: frame_pb2.Chunk) -> None:
+        reassembler = incoming.reassembler
+        if not reassembler.complete:  # An empty message is complete from the start.
+            try:
+                if not reassembler.add(chunk.sequence, chunk.data):
+                    return  # A replay.
+            except ChunkError:
+                self._report_gap(incoming)
+                return
+        if reassembler.complete:
+            self._finish(incoming)
+        elif reassembler.next_sequence - incoming.acked >= self._limits.ack_every:
+            self._ack_progress(incoming)
+
+    def _report_gap(self, incoming: _Incoming) -> None:
+        position = incoming.reassembler.next_sequence
+        if incoming.gap_reported_at == position:
+            return
+        incoming.gap_reported_at = position
+        if incoming.acked < position:
+            self._ack_progress(incoming)
+        # The same position once more: the sender resends from it.
+        self._ack(incoming.chunk, next_sequence=position)
+
+    def _ack_progress(self, incoming: _Incoming) -> None:
+        incoming.acked = incoming.reassembler.next_sequence
+        self._ack(incoming.chunk, next_sequence=incoming.acked)
+
+    def _finish(self, incoming: _Incoming) -> None:
+        chunk = incoming.chunk
+        del self._incoming[chunk.sender_id]
+        try:
+            data = incoming.reassembler.result()
+        except ChunkError as error:
+            _log.warning("a message arrived corrupt: %s", error, extra=_where(chunk))
+            self._ack(chunk, corrupt=True)
+            return
+        recent = self._completed.setdefault(chunk.sender_id, RecentIds(self._limits.completed_ids))
+        recent.add(chunk.message_id)
+        self._queue.append(
+            Delivered(chunk.sender_id, chunk.message_id, data, chunk.sha256, chunk.broadcast)
+        )
+        self._ack(chunk, next_sequence=chunk.total_chunks, complete=True)
+        self._delivered()
+
+    def _ack(
+        self,
+        chunk: frame_pb2.Chunk,
+        *,
+        next_sequence: int = 0,
+        complete: bool = False,
+        corrupt: bool = False,
+    ) -> None:
+        ack = frame_pb2.Ack(
+            receiver_id=self._end_id,
+            sender_id=chunk.sender_id,
+            message_id=chunk.message_id,
+            next_sequence=next_sequence,
+            complete=complete,
+            corrupt=corrupt,
+        )
+        self._send_ack(chunk.sender_id, ack)
+
+
+def _where(chunk: frame_pb2.Chunk) -> dict[str, str]:
+    return {"sender": chunk.sender_id, "message_id": chunk.message_id, "channel": chunk.channel}

@@ -1,0 +1,267 @@
+"""The sending half of a channel: windowed, acknowledged, resumable transfers.
+
+A message taken for delivery is held once (`Outgoing`) and sent to each of its
+receivers by a `Transfer`. Transfers to one receiver run one after the other, in the
+order they were taken, so a receiver completes its messages in FIFO order.
+
+A transfer keeps at most `window_chunks` chunks sent beyond the receiver's last
+acknowledgement. It goes back to the last acknowledged chunk (and the receiver
+ignores the replays) whenever something may have been lost:
+
+* this end's connection came back (`connection_restored`);
+* the receiver announced itself again (`end_joined`: its connection came back);
+* the receiver repeated its last acknowledgement (it saw a gap);
+* nothing was acknowledged for `stall_seconds`.
+
+A receiver that reports the message corrupt gets it again from the start, up to
+`max_corrupt` times. A receiver that left gets `leave_grace_seconds` to come back
+before its transfers are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from flame.flamelet.dataplane.settings import TransferLimits
+from flame.flamelet.dataplane.transport import Endpoint, NotConnected
+from flame.transport.v1 import frame_pb2
+
+__all__ = ["Outbox", "Outgoing", "Transfer"]
+
+_log = logging.getLogger(__name__)
+
+Publish = Callable[[str, frame_pb2.Frame], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Outgoing:
+    """One message taken for delivery, shared by its transfers.
+
+    Attributes:
+        message_id: Sender-unique id.
+        data: The message bytes; never modified once taken.
+        sha256: Their lowercase hex SHA-256.
+        broadcast: Whether the message goes to every end.
+        chunk_bytes: Size of its chunks.
+    """
+
+    message_id: str
+    data: bytearray
+    sha256: str
+    broadcast: bool
+    chunk_bytes: int
+
+    @property
+    def total_chunks(self) -> int:
+        """Number of chunks; none for an empty message."""
+        return -(-len(self.data) // self.chunk_bytes)
+
+
+class Transfer:
+    """The delivery of one message to one receiver."""
+
+    def __init__(self, message: Outgoing, receiver_id: str) -> None:
+        self.message = message
+        self.receiver_id = receiver_id
+        self.acked = 0
+        self.next = 0
+        self.corrupt = 0
+        self.progress = asyncio.Event()
+        self.delivered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    @property
+    def frames(self) -> int:
+        """Frames to send: an empty message still takes one, to announce it."""
+        return max(self.message.total_chunks, 1)
+
+    def rewind(self) -> None:
+        """Resend from the last acknowledged chunk."""
+        self.next = self.acked
+        self.progress.set()
+
+    def acknowledged(self, ack: frame_pb2.Ack) -> None:
+        """Apply the receiver's acknowledgement."""
+        if ack.complete:
+            self.finish(True)
+        elif ack.corrupt:
+            self.corrupt += 1
+            self.acked = 0
+            self.rewind()
+        elif ack.next_sequence > self.acked:
+            self.acked = min(ack.next_sequence, self.frames)
+            self.next = max(self.next, self.acked)
+            self.progress.set()
+        else:
+            # The receiver repeats itself: it missed the chunk after this one.
+            self.rewind()
+
+    def finish(self, delivered: bool) -> None:
+        """Settle the transfer: delivered, or given up."""
+        if not self.delivered.done():
+            self.delivered.set_result(delivered)
+        self.progress.set()
+
+    def frame(self, sender_id: str, channel: str, sequence: int) -> frame_pb2.Frame:
+        """The chunk frame `sequence` of the message."""
+        m = self.message
+        start = sequence * m.chunk_bytes
+        frame = frame_pb2.Frame()
+        chunk = frame.chunk
+        chunk.sender_id = sender_id
+        chunk.channel = channel
+        chunk.message_id = m.message_id
+        chunk.sequence = sequence
+        chunk.total_chunks = m.total_chunks
+        chunk.total_size = len(m.data)
+        chunk.sha256 = m.sha256
+        chunk.data = bytes(memoryview(m.data)[start : start + m.chunk_bytes])
+        chunk.broadcast = m.broadcast
+        return frame
+
+
+class _Lane:
+    """The transfers to one receiver, in order, and whether it is away."""
+
+    def __init__(self) -> None:
+        self.queue: deque[Transfer] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.away_since: float | None = None
+
+    def wake(self) -> None:
+        if self.queue:
+            self.queue[0].progress.set()
+
+
+class Outbox:
+    """Transfers of one end's messages on one channel.
+
+    Args:
+        endpoint: The sending end.
+        publish: Sends a frame to an end; raises `NotConnected` when it cannot.
+        limits: Window, timings and retries.
+    """
+
+    def __init__(self, endpoint: Endpoint, publish: Publish, limits: TransferLimits) -> None:
+        self._endpoint = endpoint
+        self._publish = publish
+        self._limits = limits
+        self._lanes: dict[str, _Lane] = {}
+
+    def send(self, message: Outgoing, receivers: Iterable[str]) -> list[Transfer]:
+        """Queue `message` for each receiver; returns the transfers, already running."""
+        transfers = []
+        for receiver in receivers:
+            lane = self._lanes.setdefault(receiver, _Lane())
+            transfer = Transfer(message, receiver)
+            lane.queue.append(transfer)
+            transfers.append(transfer)
+            if lane.task is None:
+                lane.task = asyncio.create_task(self._run(receiver, lane))
+        return transfers
+
+    def ack_received(self, ack: frame_pb2.Ack) -> None:
+        """Apply an acknowledgement to the transfer it is about, if still current."""
+        lane = self._lanes.get(ack.receiver_id)
+        if lane and lane.queue and lane.queue[0].message.message_id == ack.message_id:
+            lane.queue[0].acknowledged(ack)
+
+    def connection_restored(self) -> None:
+        """This end reconnected: what was in flight may be lost."""
+        for lane in self._lanes.values():
+            if lane.queue:
+                lane.queue[0].rewind()
+
+    def end_joined(self, end_id: str) -> None:
+        """`end_id` announced itself: it is back, or reconnected and lost chunks."""
+        lane = self._lanes.get(end_id)
+        if lane is not None:
+            lane.away_since = None
+            if lane.queue:
+                lane.queue[0].rewind()
+
+    def end_left(self, end_id: str) -> None:
+        """`end_id` left: stop sending, and wait a while for it to come back."""
+        lane = self._lanes.get(end_id)
+        if lane is not None:
+            lane.away_since = asyncio.get_running_loop().time()
+            lane.wake()
+
+    def pending(self) -> list[Transfer]:
+        """The transfers not settled yet."""
+        return [t for lane in self._lanes.values() for t in lane.queue]
+
+    async def close(self) -> None:
+        """Give up every transfer and stop."""
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for transfer in self.pending():
+            transfer.finish(False)
+        self._lanes.clear()
+
+    async def _run(self, receiver: str, lane: _Lane) -> None:
+        try:
+            while lane.queue:
+                transfer = lane.queue[0]
+                transfer.finish(await self._deliver(transfer, lane))
+                lane.queue.popleft()
+        finally:
+            lane.task = None
+            if not lane.queue and self._lanes.get(receiver) is lane:
+                del self._lanes[receiver]
+
+    async def _deliver(self, transfer: Transfer, lane: _Lane) -> bool:
+        while not transfer.delivered.done():
+            if reason := self._give_up(transfer, lane):
+                _log.warning("gave up a transfer: %s", reason, extra=self._where(transfer))
+                return False
+            transfer.progress.clear()
+            if lane.away_since is None:
+                await self._send_window(transfer)
+            try:
+                async with asyncio.timeout(self._limits.stall_seconds):
+                    await transfer.progress.wait()
+            except TimeoutError:
+                transfer.rewind()
+        return transfer.delivered.result()
+
+    def _give_up(self, transfer: Transfer, lane: _Lane) -> str:
+        limits = self._limits
+        if transfer.corrupt > limits.max_corrupt:
+            return f"the receiver found it corrupt {transfer.corrupt} times"
+        away = lane.away_since
+        if (
+            away is not None
+            and asyncio.get_running_loop().time() - away > limits.leave_grace_seconds
+        ):
+            return "the receiver left and did not come back"
+        return ""
+
+    async def _send_window(self, transfer: Transfer) -> None:
+        e = self._endpoint
+        try:
+            while (
+                transfer.next < transfer.frames
+                and transfer.next - transfer.acked < self._limits.window_chunks
+                and not transfer.delivered.done()
+            ):
+                sequence = transfer.next
+                # Moved before the await: a rewind meanwhile must not be undone.
+                transfer.next += 1
+                await self._publish(
+                    transfer.receiver_id, transfer.frame(e.end_id, e.channel, sequence)
+                )
+        except NotConnected:
+            pass  # connection_restored() rewinds and wakes the transfer.
+
+    def _where(self, transfer: Transfer) -> dict[str, str]:
+        return {
+            "channel": self._endpoint.channel,
+            "receiver": transfer.receiver_id,
+            "message_id": transfer.message.message_id,
+        }

@@ -1,0 +1,180 @@
+"""Starting and stopping a task's data plane: the bridge and its local server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flame.agent.v1 import agent_pb2
+from flame.flamelet.dataplane.bridge import Bridge
+from flame.flamelet.dataplane.config import TaskConfig, parse_task_config
+from flame.flamelet.dataplane.mqtt import mqtt_transports
+from flame.flamelet.dataplane.servicer import ChannelServicer
+from flame.flamelet.dataplane.settings import BrokerSettings, TransferLimits
+from flame.flamelet.dataplane.transport import Endpoint, TransportFactory
+from flame.flamelet.servers import channel_services
+from flame.rpc.server import RunningServer, ServerOptions, start_server
+from flame.rpc.tls import ClientTls
+
+__all__ = ["DataPlane", "start_bridge", "start_dataplane"]
+
+_log = logging.getLogger(__name__)
+
+SOCKET_NAME = "channel.sock"
+# sun_path holds 108 bytes with its terminating NUL; keep a margin.
+_MAX_SOCKET_PATH = 100
+# Seconds the local server lets calls in flight finish when stopping.
+_GRACE_SECONDS = 1.0
+
+
+@dataclass
+class DataPlane:
+    """A running data plane: the bridge and the ChannelService the role code calls.
+
+    Attributes:
+        socket_path: The Unix socket of the ChannelService; the role code dials
+            `unix:<socket_path>`.
+        bridge: The task's channels.
+    """
+
+    socket_path: str
+    bridge: Bridge
+    _server: RunningServer
+
+    async def stop(self) -> None:
+        """Stop serving, deliver what is pending (within the leave timeout), leave
+        every channel, and remove the socket."""
+        await self._server.stop()
+        await self.bridge.close()
+        Path(self.socket_path).unlink(missing_ok=True)
+
+    async def abort(self) -> None:
+        """Stop at once and drop the broker connections with no goodbye, as a crash
+        would: the peers learn of it from the last wills. For failure tests."""
+        await self._server.server.stop(None)
+        await self.bridge.abort()
+        Path(self.socket_path).unlink(missing_ok=True)
+
+
+async def start_dataplane(
+    manifest: agent_pb2.TaskManifest,
+    *,
+    work_dir: Path,
+    task_key: str,
+    apiserver: str,
+    tls: ClientTls | None,
+    broker: BrokerSettings | None = None,
+    limits: TransferLimits | None = None,
+) -> DataPlane:
+    """Start the data plane of a flamelet's task.
+
+    The MQTT transport needs only the broker. `task_key`, `apiserver` and `tls` are
+    how the p2p transport will find peers (AgentService.RegisterPeer); a `p2p`
+    channel fails to join with BACKEND_UNSUPPORTED until it exists.
+
+    Args:
+        manifest: The task's manifest; its `config_json` names the channels.
+        work_dir: The task's folder; the socket is `<work_dir>/channel.sock`, or a
+            private temporary folder's when that path is too long for a socket.
+        task_key: The task's key for the apiserver.
+        apiserver: The apiserver's address.
+        tls: TLS to the apiserver.
+        broker: The MQTT broker and the job's credentials (username = job id); by
+            default the config's broker address, anonymously.
+        limits: Transfer sizes and timings.
+
+    Returns:
+        The running data plane; `stop()` it when the task ends.
+
+    Raises:
+        ValueError: The manifest's configuration is invalid or names another task.
+    """
+    config = json.loads(manifest.config_json)
+    task = parse_task_config(config)
+    if (task.task_id, task.job_id) != (manifest.task_id, manifest.job_id):
+        raise ValueError(
+            f"the config is for task {task.task_id} of job {task.job_id}, "
+            f"not task {manifest.task_id} of job {manifest.job_id}"
+        )
+    return await start_bridge(
+        config, socket_path=_socket_path(work_dir), broker=broker, limits=limits
+    )
+
+
+async def start_bridge(
+    config: Mapping[str, Any],
+    *,
+    socket_path: Path,
+    broker: BrokerSettings | None = None,
+    limits: TransferLimits | None = None,
+    transports: Mapping[str, TransportFactory] | None = None,
+) -> DataPlane:
+    """Serve ChannelService for a task on `socket_path`, bridged to its peers.
+
+    The SDK's standalone mode calls this in-process; the flamelet calls it through
+    `start_dataplane`. No channel is joined until the role code asks.
+
+    Args:
+        config: The task configuration JSON, parsed.
+        socket_path: Where to serve; a stale socket there is replaced.
+        broker: The MQTT broker and credentials. Its host and port win over the
+            config's `brokers`; a channel's own `brokerHost` still wins over them.
+            By default the config's broker address (port 1883), anonymously.
+        limits: Transfer sizes and timings.
+        transports: Transport factories per backend sort, added to (or replacing)
+            the MQTT one, e.g. a p2p transport.
+
+    Returns:
+        The running data plane.
+
+    Raises:
+        ValueError: The configuration is invalid.
+        OSError: The socket cannot be bound.
+
+    Example:
+        plane = await start_bridge(config, socket_path=Path("/tmp/t1/channel.sock"))
+        ...  # the role code dials f"unix:{plane.socket_path}"
+        await plane.stop()
+    """
+    task = parse_task_config(config)
+    limits = limits or TransferLimits()
+    factories: dict[str, TransportFactory] = {
+        "mqtt": mqtt_transports(_broker_of(task, broker), limits),
+        **(transports or {}),
+    }
+    bridge = Bridge(task, transports=factories, limits=limits)
+    socket_path.unlink(missing_ok=True)
+    server = await start_server(
+        channel_services(ChannelServicer(bridge)),
+        ServerOptions(host=f"unix:{socket_path}", grace_seconds=_GRACE_SECONDS),
+    )
+    # Only the task's own user may talk to its data plane.
+    socket_path.chmod(0o600)
+    _log.info("data plane serving", extra={"socket": str(socket_path), "task": task.task_id})
+    return DataPlane(str(socket_path), bridge, server)
+
+
+def _broker_of(
+    task: TaskConfig, broker: BrokerSettings | None
+) -> Callable[[Endpoint], BrokerSettings]:
+    def settings(endpoint: Endpoint) -> BrokerSettings:
+        spec = task.channels[endpoint.channel]
+        if broker is None:
+            address = task.broker_host(spec)
+            return BrokerSettings().at(address) if address else BrokerSettings()
+        return broker.at(spec.broker_host) if spec.broker_host else broker
+
+    return settings
+
+
+def _socket_path(work_dir: Path) -> Path:
+    path = work_dir / SOCKET_NAME
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        return path
+    return Path(tempfile.mkdtemp(prefix="flame-")) / SOCKET_NAME

@@ -1,0 +1,212 @@
+"""ChannelService over the bridge: parse requests, call the channels, stream bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from flame.dataplane.v1 import channel_pb2, channel_service_pb2, channel_service_pb2_grpc
+from flame.flamelet.dataplane import errors
+from flame.flamelet.dataplane.bridge import Bridge
+from flame.flamelet.dataplane.channel import Channel
+from flame.flamelet.dataplane.ends import EndInfo
+from flame.flamelet.dataplane.inbox import Delivered
+from flame.flamelet.dataplane.outbox import Outgoing, Transfer
+
+__all__ = ["ChannelServicer"]
+
+pb = channel_service_pb2
+# Deadlines this far away are no deadline at all.
+_NO_DEADLINE_SECONDS = 1e8
+
+
+class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
+    """Serves ChannelService to the role code from a bridge's channels."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        """Serve the channels of `bridge`."""
+        self._bridge = bridge
+
+    async def JoinChannel(
+        self, request: pb.JoinChannelRequest, context: Any
+    ) -> pb.JoinChannelResponse:
+        """Join the channel (once) and describe this task's end on it."""
+        channel = await self._bridge.join(request.channel)
+        return pb.JoinChannelResponse(
+            end_id=channel.endpoint.end_id,
+            other_role=channel.endpoint.other_role,
+            group=channel.endpoint.group,
+            backend=channel.spec.backend,
+        )
+
+    async def LeaveChannel(
+        self, request: pb.LeaveChannelRequest, context: Any
+    ) -> pb.LeaveChannelResponse:
+        """Deliver what is pending (within the deadline), then leave."""
+        await self._bridge.leave(request.channel, timeout=_deadline(context))
+        return pb.LeaveChannelResponse()
+
+    async def ListEnds(self, request: pb.ListEndsRequest, context: Any) -> pb.ListEndsResponse:
+        """The current ends of a joined channel."""
+        channel = self._bridge.joined(request.channel)
+        return pb.ListEndsResponse(ends=[_end(end) for end in channel.ends()])
+
+    async def WatchEnds(
+        self, request: pb.WatchEndsRequest, context: Any
+    ) -> AsyncIterator[pb.WatchEndsResponse]:
+        """The current ends, then every change, until the channel is left."""
+        channel = self._bridge.joined(request.channel)
+        with channel.membership.watch() as changes:
+            while (change := await changes.get()) is not None:
+                yield pb.WatchEndsResponse(end=_end(change.end), joined=change.joined)
+
+    async def SendMessage(
+        self, request_iterator: AsyncIterator[pb.SendMessageRequest], context: Any
+    ) -> pb.SendMessageResponse:
+        """Take one message (header, then chunks) for delivery."""
+        requests = aiter(request_iterator)
+        header = await _header(requests)
+        channel = self._bridge.joined(header.channel)
+        receivers = channel.receivers(header.end_ids, header.broadcast)
+        size = self._checked_size(header.total_size)
+        message_id = header.message_id or uuid.uuid4().hex
+        channel.check_message_id(message_id)
+        budget = self._bridge.budget
+        # Wait for room before reading any byte: the client's stream then backs up.
+        await budget.acquire(size)
+        try:
+            data, digest = await _body(requests, size)
+            if header.sha256 and header.sha256.lower() != digest:
+                raise errors.message_invalid("the bytes do not match the header's sha256")
+            message = Outgoing(
+                message_id, data, digest, header.broadcast, self._bridge.limits.chunk_bytes
+            )
+            transfers = channel.send(message, receivers)
+        except BaseException:
+            budget.release(size)
+            raise
+        _release_when_settled(transfers, lambda: budget.release(size))
+        return pb.SendMessageResponse(message_id=message_id, end_ids=receivers)
+
+    async def ReceiveMessage(
+        self, request: pb.ReceiveMessageRequest, context: Any
+    ) -> AsyncIterator[pb.ReceiveMessageResponse]:
+        """The next complete message: its header, then its bytes in chunks."""
+        channel = self._bridge.joined(request.channel)
+        senders = list(dict.fromkeys(request.end_ids)) or None
+        try:
+            message = await channel.receive(
+                senders, no_wait=request.no_wait, peek=request.peek, timeout=_deadline(context)
+            )
+        except TimeoutError:
+            raise errors.DeadlineExceeded(
+                "DEADLINE_EXCEEDED", "no message arrived before the deadline"
+            ) from None
+        if message is None:
+            return
+        async for response in _stream(
+            channel, message, request.peek, self._bridge.limits.receive_chunk_bytes
+        ):
+            yield response
+
+    def _checked_size(self, size: int) -> int:
+        limit = self._bridge.limits.max_message_bytes
+        if size < 0:
+            raise errors.message_invalid(f"total_size {size} is negative")
+        if size > limit:
+            raise errors.message_too_large(size, limit)
+        return size
+
+
+async def _header(requests: AsyncIterator[pb.SendMessageRequest]) -> channel_pb2.MessageHeader:
+    first = await anext(requests, None)
+    if first is None or not first.HasField("header"):
+        raise errors.message_invalid("the stream must open with a header")
+    return first.header
+
+
+async def _body(requests: AsyncIterator[pb.SendMessageRequest], size: int) -> tuple[bytearray, str]:
+    """Read the chunks into one buffer of the announced size, hashing as they come."""
+    data = bytearray(size)
+    digest = hashlib.sha256()
+    offset = 0
+    async for request in requests:
+        if not request.HasField("chunk"):
+            raise errors.message_invalid("only the first message of the stream is a header")
+        chunk = request.chunk
+        if offset + len(chunk) > size:
+            raise errors.message_invalid(f"more bytes than the total_size {size}")
+        data[offset : offset + len(chunk)] = chunk
+        digest.update(chunk)
+        offset += len(chunk)
+    if offset != size:
+        raise errors.message_invalid(f"{offset} bytes streamed, total_size says {size}")
+    return data, digest.hexdigest()
+
+
+async def _stream(
+    channel: Channel, message: Delivered, peek: bool, chunk_bytes: int
+) -> AsyncIterator[pb.ReceiveMessageResponse]:
+    # The message leaves the queue before it is streamed (unless peeked), so that
+    # two receivers never get the same message; it goes back if the stream breaks.
+    sent = False
+    try:
+        yield pb.ReceiveMessageResponse(header=_message_header(channel.name, message))
+        view = memoryview(message.data)
+        for offset in range(0, len(view), chunk_bytes):
+            yield pb.ReceiveMessageResponse(chunk=bytes(view[offset : offset + chunk_bytes]))
+        sent = True
+    finally:
+        if not sent and not peek:
+            channel.put_back(message)
+
+
+def _release_when_settled(transfers: Sequence[Transfer], release: Callable[[], None]) -> None:
+    if not transfers:
+        release()
+        return
+    remaining = len(transfers)
+
+    def settled(_: asyncio.Future[bool]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            release()
+
+    for transfer in transfers:
+        transfer.delivered.add_done_callback(settled)
+
+
+def _deadline(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE_SECONDS:
+        return None
+    return float(remaining)
+
+
+def _end(end: EndInfo) -> channel_pb2.End:
+    return channel_pb2.End(end_id=end.end_id, role=end.role, join_time=_timestamp(end.join_time))
+
+
+def _message_header(channel: str, message: Delivered) -> channel_pb2.MessageHeader:
+    return channel_pb2.MessageHeader(
+        channel=channel,
+        message_id=message.message_id,
+        end_ids=[message.sender_id],
+        broadcast=message.broadcast,
+        total_size=len(message.data),
+        sha256=message.sha256,
+        receive_time=_timestamp(message.receive_time),
+    )
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
