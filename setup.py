@@ -6,8 +6,10 @@ everything else about the distribution is in pyproject.toml.
 
 from setuptools import find_namespace_packages, setup
 
-packages: list[str] = []
-package_dir: dict[str, str] = {}
+# `flame` itself lives in src/: the SDK's top-level modules (`flame.config`,
+# `flame.channel`, ...) sit there, as in the original SDK.
+packages: list[str] = ["flame"]
+package_dir: dict[str, str] = {"flame": "src/flame"}
 for root in ("src", "gen"):
     for package in find_namespace_packages(root, include=["flame.*"]):
         packages.append(package)

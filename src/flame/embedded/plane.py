@@ -1,11 +1,17 @@
-"""Starting, inspecting and stopping the embedded control plane under a home folder.
+"""Starting, repairing, inspecting and stopping the embedded control plane.
 
 Layout of the home folder:
     config.yaml       flamectl configuration (endpoint, admin token, CA)
+    compute.key       the local compute's key (the compute stays registered)
     tls/              private CA and server certificates
     db/               SecantusDB storage (kept across up/down)
+    deployer/         the local deployer's task work folders and logs
     logs/<name>.log   each component's output
     run/state.json    what `up` started: pids and addresses, read by `down` and `status`
+    run/internal.key  the apiserver-controller key
+
+`up` is idempotent: on a running plane it starts only the components that died,
+on their old addresses, so the others (and the jobs they run) carry on.
 """
 
 from __future__ import annotations
@@ -65,6 +71,189 @@ class ComponentHealth:
     serving: str
 
 
+@dataclass
+class _Plan:
+    """What starting the components needs: the home, its CA and secrets, and the
+    addresses of components already up (later ones connect to earlier ones)."""
+
+    home: Path
+    ca: CertificateAuthority
+    internal_key: str
+    admin_token: str
+    log: Callable[[str], None]
+    started: dict[str, Component]
+    previous: dict[str, Component]
+
+    def port_of(self, name: str) -> int:
+        """The port a component had before, so that its clients find it again."""
+        earlier = self.previous.get(name)
+        return int(earlier.address.rsplit(":", 1)[1]) if earlier and ":" in earlier.address else 0
+
+    def address(self, name: str) -> str:
+        return self.started[name].address
+
+
+def up(home: Path, *, log: Callable[[str], None] = lambda _: None) -> list[Component]:
+    """Start the control plane under `home`, or the components of it that died."""
+    previous = {component.name: component for component in _read_state(home)}
+    home.mkdir(parents=True, exist_ok=True)
+    plan = _Plan(
+        home=home,
+        ca=CertificateAuthority(home / "tls"),
+        internal_key=_read_or_make(internal_key_file(home), lambda: secrets.token_urlsafe(32)),
+        admin_token=_admin_token(home),
+        log=log,
+        started={},
+        previous=previous,
+    )
+    try:
+        for name, start in _STARTERS:
+            earlier = previous.get(name)
+            if earlier is not None and is_alive(earlier.pid):
+                plan.started[name] = earlier
+            else:
+                plan.started[name] = start(plan)
+    finally:
+        _write_state(home, list(plan.started.values()))
+    _write_config(home, plan)
+    return list(plan.started.values())
+
+
+def internal_key_file(home: Path) -> Path:
+    """Where `up` keeps the apiserver-controller key, for tools that talk to the
+    controller directly (the control-plane benchmark)."""
+    return home / "run" / "internal.key"
+
+
+def down(home: Path) -> list[Component]:
+    """Stop everything `up` started under `home` (and nothing else); return what was stopped."""
+    stopped = list(reversed(_read_state(home)))
+    for component in stopped:
+        stop_process_group(component.pid)
+    _state_file(home).unlink(missing_ok=True)
+    return stopped
+
+
+def status(home: Path) -> list[ComponentHealth]:
+    """Each component's process state and, for gRPC servers, its health."""
+    ca_file = home / "tls" / "ca.pem"
+    return [_health(component, ca_file) for component in _read_state(home)]
+
+
+# Starting each component.
+
+
+def _start_database(plan: _Plan) -> Component:
+    port = plan.port_of("secantusdb") or free_port()
+    log_file = plan.home / "logs" / "secantusdb.log"
+    command = [
+        str(_BIN / "secantusd-py"),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--storage-path", str(plan.home / "db"),
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    pid = spawn(command, log_file=log_file)
+    wait_for_port(port, pid, timeout=_START_TIMEOUT, log_file=log_file)
+    plan.log(f"{'secantusdb':<12} 127.0.0.1:{port}")
+    return Component("secantusdb", pid, f"127.0.0.1:{port}", tls=False)
+
+
+def _start_notifier(plan: _Plan) -> Component:
+    cert = plan.ca.issue("notifier")
+    command = [
+        str(_BIN / "flame-notifier"),
+        "--tls-cert", str(cert.cert_file),
+        "--tls-key", str(cert.key_file),
+        "--mongo-uri", f"mongodb://{plan.address('secantusdb')}/",
+        "--database", "flame_notifier",
+    ]  # fmt: skip
+    return _start_server("notifier", plan, command, {})
+
+
+def _start_controller(plan: _Plan) -> Component:
+    cert = plan.ca.issue("controller")
+    command = [
+        str(_BIN / "flame-controller"),
+        "--tls-cert", str(cert.cert_file),
+        "--tls-key", str(cert.key_file),
+        "--mongo-uri", f"mongodb://{plan.address('secantusdb')}/",
+        "--bootstrap-admin", ADMIN_USER,
+        "--notifier", plan.address("notifier"),
+        "--notifier-ca", str(plan.ca.cert_file),
+    ]  # fmt: skip
+    env = {
+        "FLAME_CONTROLLER_INTERNAL_KEY": plan.internal_key,
+        "FLAME_CONTROLLER_BOOTSTRAP_ADMIN_TOKEN": plan.admin_token,
+    }
+    return _start_server("controller", plan, command, env)
+
+
+def _start_apiserver(plan: _Plan) -> Component:
+    cert = plan.ca.issue("apiserver")
+    command = [
+        str(_BIN / "flame-apiserver"),
+        "--tls-cert", str(cert.cert_file),
+        "--tls-key", str(cert.key_file),
+        "--controller", plan.address("controller"),
+        "--controller-ca", str(plan.ca.cert_file),
+    ]  # fmt: skip
+    return _start_server(
+        "apiserver", plan, command, {"FLAME_APISERVER_INTERNAL_KEY": plan.internal_key}
+    )
+
+
+def _start_deployer(plan: _Plan) -> Component:
+    command = [
+        str(_BIN / "flame-deployer"),
+        "--compute-id", LOCAL_COMPUTE,
+        "--region", LOCAL_REGION,
+        "--apiserver", plan.address("apiserver"),
+        "--notifier", plan.address("notifier"),
+        "--ca-file", str(plan.ca.cert_file),
+        "--work-root", str(plan.home / "deployer"),
+    ]  # fmt: skip
+    env = {
+        "FLAME_DEPLOYER_ADMIN_TOKEN": plan.admin_token,
+        "FLAME_DEPLOYER_COMPUTE_KEY": _read_or_make(
+            plan.home / "compute.key", lambda: secrets.token_urlsafe(32)
+        ),
+    }
+    log_file = _fresh_log(plan.home, "deployer")
+    pid = spawn(command, log_file=log_file, env=env)
+    wait_for_announcement(log_file, pid, timeout=_START_TIMEOUT, pattern=_REGISTERED)
+    plan.log(f"{'deployer':<12} compute {LOCAL_COMPUTE} ({LOCAL_REGION})")
+    return Component("deployer", pid, f"compute/{LOCAL_COMPUTE}", tls=False)
+
+
+def _start_server(name: str, plan: _Plan, command: list[str], env: dict[str, str]) -> Component:
+    port = plan.port_of(name)
+    log_file = _fresh_log(plan.home, name)
+    pid = spawn([*command, "--port", str(port)], log_file=log_file, env=env)
+    address = wait_for_announcement(log_file, pid, timeout=_START_TIMEOUT)
+    plan.log(f"{name:<12} {address}")
+    return Component(name, pid, address, tls=True)
+
+
+# In start order: each component connects to the ones before it.
+_STARTERS: tuple[tuple[str, Callable[[_Plan], Component]], ...] = (
+    ("secantusdb", _start_database),
+    ("notifier", _start_notifier),
+    ("controller", _start_controller),
+    ("apiserver", _start_apiserver),
+    ("deployer", _start_deployer),
+)
+
+
+# Files of the home folder.
+
+
+def _fresh_log(home: Path, name: str) -> Path:
+    log_file = home / "logs" / f"{name}.log"
+    log_file.unlink(missing_ok=True)
+    return log_file
+
+
 def _state_file(home: Path) -> Path:
     return home / "run" / "state.json"
 
@@ -82,47 +271,16 @@ def _write_state(home: Path, components: list[Component]) -> None:
     path.write_text(json.dumps({"components": [asdict(c) for c in components]}, indent=2))
 
 
-def up(home: Path, *, log: Callable[[str], None] = lambda _: None) -> list[Component]:
-    """Start the control plane under `home` unless it runs already; return its components."""
-    running = _read_state(home)
-    if running and all(is_alive(component.pid) for component in running):
-        return running
-    down(home)
-    home.mkdir(parents=True, exist_ok=True)
-    ca = CertificateAuthority(home / "tls")
-    secrets_env = {
-        "FLAME_CONTROLLER_INTERNAL_KEY": (internal_key := secrets.token_urlsafe(32)),
-        "FLAME_APISERVER_INTERNAL_KEY": internal_key,
-        "FLAME_CONTROLLER_BOOTSTRAP_ADMIN_TOKEN": _admin_token(home),
-    }
-    components: list[Component] = []
-    try:
-        database = _start_database(home, log)
-        components.append(database)
-        notifier = _start_notifier(home, ca, database.address, log)
-        components.append(notifier)
-        controller = _start_controller(home, ca, database.address, notifier.address, secrets_env, log)
-        components.append(controller)
-        apiserver = _start_apiserver(home, ca, controller.address, secrets_env, log)
-        components.append(apiserver)
-        components.append(_start_deployer(home, ca, apiserver, notifier, secrets_env, log))
-    finally:
-        _write_state(home, components)
-    _write_config(home, ca, apiserver.address, secrets_env)
-    _write_secret(internal_key_file(home), internal_key)
-    return components
-
-
-def internal_key_file(home: Path) -> Path:
-    """Where `up` keeps the apiserver–controller key, for tools that talk to the
-    controller directly (the control-plane benchmark)."""
-    return home / "run" / "internal.key"
-
-
 def _write_secret(path: Path, secret: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(secret)
+
+
+def _read_or_make(path: Path, make: Callable[[], str]) -> str:
+    if not path.exists():
+        _write_secret(path, make())
+    return path.read_text()
 
 
 def _admin_token(home: Path) -> str:
@@ -136,146 +294,16 @@ def _admin_token(home: Path) -> str:
     return "flm_" + secrets.token_urlsafe(30)
 
 
-def _start_database(home: Path, log: Callable[[str], None]) -> Component:
-    port = free_port()
-    log_file = home / "logs" / "secantusdb.log"
-    command = [
-        str(_BIN / "secantusd-py"),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--storage-path", str(home / "db"),
-        "--log-level", "WARNING",
-    ]
-    pid = spawn(command, log_file=log_file)
-    wait_for_port(port, pid, timeout=_START_TIMEOUT, log_file=log_file)
-    log(f"secantusdb   127.0.0.1:{port}")
-    return Component("secantusdb", pid, f"127.0.0.1:{port}", tls=False)
-
-
-def _start_notifier(
-    home: Path, ca: CertificateAuthority, database: str, log: Callable[[str], None]
-) -> Component:
-    cert = ca.issue("notifier")
-    command = [
-        str(_BIN / "flame-notifier"),
-        "--tls-cert", str(cert.cert_file),
-        "--tls-key", str(cert.key_file),
-        "--mongo-uri", f"mongodb://{database}/",
-        "--database", "flame_notifier",
-    ]
-    return _start_server("notifier", home, command, {}, log)
-
-
-def _start_controller(
-    home: Path,
-    ca: CertificateAuthority,
-    database: str,
-    notifier: str,
-    env: dict[str, str],
-    log: Callable[[str], None],
-) -> Component:
-    cert = ca.issue("controller")
-    command = [
-        str(_BIN / "flame-controller"),
-        "--tls-cert", str(cert.cert_file),
-        "--tls-key", str(cert.key_file),
-        "--mongo-uri", f"mongodb://{database}/",
-        "--bootstrap-admin", ADMIN_USER,
-        "--notifier", notifier,
-        "--notifier-ca", str(ca.cert_file),
-    ]
-    return _start_server("controller", home, command, env, log)
-
-
-def _start_apiserver(
-    home: Path,
-    ca: CertificateAuthority,
-    controller: str,
-    env: dict[str, str],
-    log: Callable[[str], None],
-) -> Component:
-    cert = ca.issue("apiserver")
-    command = [
-        str(_BIN / "flame-apiserver"),
-        "--tls-cert", str(cert.cert_file),
-        "--tls-key", str(cert.key_file),
-        "--controller", controller,
-        "--controller-ca", str(ca.cert_file),
-    ]
-    return _start_server("apiserver", home, command, env, log)
-
-
-def _start_deployer(
-    home: Path,
-    ca: CertificateAuthority,
-    apiserver: Component,
-    notifier: Component,
-    env: dict[str, str],
-    log: Callable[[str], None],
-) -> Component:
-    command = [
-        str(_BIN / "flame-deployer"),
-        "--compute-id", LOCAL_COMPUTE,
-        "--region", LOCAL_REGION,
-        "--apiserver", apiserver.address,
-        "--notifier", notifier.address,
-        "--ca-file", str(ca.cert_file),
-        "--work-root", str(home / "deployer"),
-    ]
-    deployer_env = {
-        "FLAME_DEPLOYER_ADMIN_TOKEN": env["FLAME_CONTROLLER_BOOTSTRAP_ADMIN_TOKEN"],
-        "FLAME_DEPLOYER_COMPUTE_KEY": _compute_key(home),
-    }
-    log_file = home / "logs" / "deployer.log"
-    log_file.unlink(missing_ok=True)
-    pid = spawn(command, log_file=log_file, env=deployer_env)
-    wait_for_announcement(log_file, pid, timeout=_START_TIMEOUT, pattern=_REGISTERED)
-    log(f"{'deployer':<12} compute {LOCAL_COMPUTE} ({LOCAL_REGION})")
-    return Component("deployer", pid, f"compute/{LOCAL_COMPUTE}", tls=False)
-
-
-def _compute_key(home: Path) -> str:
-    """The local compute's key: made once per home, since the compute stays registered."""
-    path = home / "compute.key"
-    if not path.exists():
-        _write_secret(path, secrets.token_urlsafe(32))
-    return path.read_text()
-
-
-def _start_server(
-    name: str, home: Path, command: list[str], env: dict[str, str], log: Callable[[str], None]
-) -> Component:
-    log_file = home / "logs" / f"{name}.log"
-    log_file.unlink(missing_ok=True)
-    pid = spawn(command, log_file=log_file, env=env)
-    address = wait_for_announcement(log_file, pid, timeout=_START_TIMEOUT)
-    log(f"{name:<12} {address}")
-    return Component(name, pid, address, tls=True)
-
-
-def _write_config(home: Path, ca: CertificateAuthority, endpoint: str, env: dict[str, str]) -> None:
+def _write_config(home: Path, plan: _Plan) -> None:
     config = {
-        "endpoint": endpoint,
-        "token": env["FLAME_CONTROLLER_BOOTSTRAP_ADMIN_TOKEN"],
-        "tls": {"ca_file": str(ca.cert_file)},
+        "endpoint": plan.address("apiserver"),
+        "token": plan.admin_token,
+        "tls": {"ca_file": str(plan.ca.cert_file)},
     }
     _write_secret(home / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
-def down(home: Path) -> list[Component]:
-    """Stop everything `up` started under `home` (and nothing else); return what was stopped."""
-    stopped = list(reversed(_read_state(home)))
-    for component in stopped:
-        stop_process_group(component.pid)
-    _state_file(home).unlink(missing_ok=True)
-    internal_key_file(home).unlink(missing_ok=True)
-    return stopped
-
-
-def status(home: Path) -> list[ComponentHealth]:
-    """Each component's process state and, for gRPC servers, its health."""
-    ca_file = home / "tls" / "ca.pem"
-    return [_health(component, ca_file) for component in _read_state(home)]
+# Health.
 
 
 def _health(component: Component, ca_file: Path) -> ComponentHealth:

@@ -30,9 +30,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def spawn(
-    command: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None
-) -> int:
+def spawn(command: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None) -> int:
     """Start `command` in its own session (so `down` can stop its whole group),
     output appended to `log_file`; returns its pid."""
     log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ class Child:
         read_end, write_end = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv,
+                *_dying_with_parent(argv),
                 cwd=cwd,
                 env=dict(env),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -149,3 +150,15 @@ async def _pump(stream: asyncio.StreamReader, on_line: OnLine) -> None:
         except asyncio.LimitOverrunError as long:
             line = await stream.readexactly(long.consumed)
         on_line(line)
+
+
+_SETPRIV = shutil.which("setpriv")
+
+
+def _dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` run so that it gets SIGKILL when the flamelet dies (util-linux's
+    setpriv sets the parent-death signal, which survives exec): a killed agent
+    must not leave its role code running unsupervised."""
+    if _SETPRIV is None:
+        return list(argv)
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]

@@ -1,1 +1,26 @@
-"""The notifier: durable per-subscriber event streams for flamelets and deployers."""
+"""The notifier: durable per-subscriber event streams for flamelets and deployers.
+
+Modules: `store` keeps events, cursors and acknowledgements in MongoDB; `hub`
+feeds the open streams of one process; `servicer` serves NotifyService over
+gRPC; `app` wires them to a server; `main` is the `flame-notifier` command;
+`client` is what subscribers run (`follow_events`).
+
+Delivery semantics, precisely:
+
+* Every event published to a subscriber is stored before PublishEvent returns,
+  under a cursor: 1, 2, 3, ... per subscriber, with no holes. A notifier restart
+  or crash loses no event whose PublishEvent returned.
+* A stream delivers the subscriber's events in cursor order, starting after
+  `after_cursor` when that is positive, else after the subscriber's acknowledged
+  cursor, and then each new event as it is published by any notifier process on
+  the same database (this process's at once, others' within a poll interval).
+* The acknowledged cursor only grows: AckEvents(N) marks 1..N handled. A stream
+  opened after it with `after_cursor` 0 starts at N + 1.
+* Delivery is at least once: an event stays deliverable until acknowledged, so a
+  subscriber that did not acknowledge (crash, broken stream) receives it again on
+  its next stream. Cursors make it exactly once for a subscriber that remembers
+  the last cursor it handled: it skips anything at or below it, or resubscribes
+  with it as `after_cursor` (`client.follow_events` does both).
+* Streams do not compete: several streams of one subscriber each receive every
+  event. Acknowledgements are per subscriber, not per stream.
+"""

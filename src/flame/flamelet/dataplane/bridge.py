@@ -108,8 +108,12 @@ class Bridge:
             FlameError: CHANNEL_NOT_FOUND or CHANNEL_NOT_JOINED.
         """
         channel = self.joined(name)
-        del self._channels[name]
-        await channel.leave(self.limits.leave_timeout if timeout is None else timeout)
+        # A join waits for the leave: the same MQTT client id must not connect twice.
+        async with self._joining.setdefault(name, asyncio.Lock()):
+            if self._channels.get(name) is not channel:
+                return  # Another leave was first.
+            del self._channels[name]
+            await channel.leave(self.limits.leave_timeout if timeout is None else timeout)
 
     async def close(self) -> None:
         """Leave every joined channel, delivering what is pending first."""

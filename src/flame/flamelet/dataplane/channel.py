@@ -136,8 +136,11 @@ class Channel:
         """Start delivering `message` to `receivers`.
 
         Raises:
-            FlameError: MESSAGE_INVALID when its id was used recently.
+            FlameError: MESSAGE_INVALID when its id was used recently,
+                CHANNEL_NOT_JOINED when the channel was left meanwhile.
         """
+        if self._closed:
+            raise errors.channel_not_joined(self.name)
         self.check_message_id(message.message_id)
         self._sent_ids.add(message.message_id)
         return self._outbox.send(message, receivers)
@@ -185,10 +188,6 @@ class Channel:
     def put_back(self, message: Delivered) -> None:
         """Queue a received message again: handing it to the role code failed."""
         self._inbox.put_back(message)
-
-    def closed(self) -> bool:
-        """Whether the channel was left."""
-        return self._closed
 
     # --- the transport's side (FrameSink) -----------------------------------
 

@@ -38,6 +38,7 @@ class DeadlineExceeded(FlameError):
 
 
 def channel_not_found(channel: str) -> NotFound:
+    """The task configuration has no such channel."""
     return NotFound(
         "CHANNEL_NOT_FOUND",
         f"the task has no channel {channel!r}",
@@ -46,6 +47,7 @@ def channel_not_found(channel: str) -> NotFound:
 
 
 def channel_not_joined(channel: str) -> FailedPrecondition:
+    """The channel exists but the task has not joined it (or left it)."""
     return FailedPrecondition(
         "CHANNEL_NOT_JOINED",
         f"channel {channel!r} is not joined",
@@ -54,6 +56,7 @@ def channel_not_joined(channel: str) -> FailedPrecondition:
 
 
 def end_not_found(channel: str, end_id: str) -> NotFound:
+    """`end_id` never was an end of the channel."""
     return NotFound(
         "END_NOT_FOUND",
         f"{end_id!r} is not an end of channel {channel!r}",
@@ -62,6 +65,7 @@ def end_not_found(channel: str, end_id: str) -> NotFound:
 
 
 def end_left(channel: str, end_id: str) -> NotFound:
+    """`end_id` was an end of the channel and left it."""
     return NotFound(
         "END_LEFT",
         f"{end_id!r} left channel {channel!r}",
@@ -70,10 +74,12 @@ def end_left(channel: str, end_id: str) -> NotFound:
 
 
 def message_invalid(why: str) -> InvalidArgument:
+    """A SendMessage stream contradicts its header, or the header is unusable."""
     return InvalidArgument("MESSAGE_INVALID", f"invalid message: {why}")
 
 
 def message_too_large(size: int, limit: int) -> ResourceExhausted:
+    """A message exceeds the bridge's size limit."""
     return ResourceExhausted(
         "MESSAGE_TOO_LARGE",
         f"a message of {size} bytes exceeds the limit of {limit} bytes",
@@ -82,6 +88,7 @@ def message_too_large(size: int, limit: int) -> ResourceExhausted:
 
 
 def backend_unsupported(channel: str, backend: str) -> FailedPrecondition:
+    """No transport carries the channel's backend."""
     return FailedPrecondition(
         "BACKEND_UNSUPPORTED",
         f"channel {channel!r} uses backend {backend!r}, which this flamelet cannot carry",
@@ -90,6 +97,7 @@ def backend_unsupported(channel: str, backend: str) -> FailedPrecondition:
 
 
 def broker_unavailable(channel: str, why: str) -> Unavailable:
+    """The channel's broker cannot be reached, or refused the credentials."""
     return Unavailable(
         "BROKER_UNAVAILABLE",
         f"cannot reach the broker of channel {channel!r}: {why}",

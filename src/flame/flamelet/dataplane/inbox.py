@@ -9,16 +9,23 @@ one message in reassembly per sender, written into one buffer allocated up front
 * when the digest does not match, `Ack(corrupt=True)`: the sender starts over;
 * when a chunk arrives past a missing one, `Ack(next_sequence=n)` repeating the last
   acknowledged position: the sender resends from n (a duplicate acknowledgement, as
-  in TCP). The gap is reported once per position.
+  in TCP);
+* when a chunk arrives again (the sender went back after a timeout: an ack may be
+  lost), `Ack(next_sequence=n)`: the sender skips what arrived.
 
-Replayed chunks (after a resume) are ignored, and so is every chunk of a message
-completed recently (a bounded set of ids per sender), whose completion is simply
-acknowledged again: nothing reaches the role code twice.
+Those two reports are limited to one per position and quarter of the sender's stall
+timeout, so that a burst of out-of-order chunks costs one report, and a lost report
+is repeated when the sender, stalled, sends again.
+
+Replayed chunks are otherwise ignored, and so is every chunk of a message completed
+recently (a bounded set of ids per sender), whose completion is simply acknowledged
+again: nothing reaches the role code twice.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -61,7 +68,8 @@ class _Incoming:
     chunk: frame_pb2.Chunk  # The first chunk seen, without its data.
     reassembler: Reassembler
     acked: int = 0
-    gap_reported_at: int = -1
+    # The position last reported out of the normal rate, and when (monotonic).
+    reported: tuple[int, float] = (-1, 0.0)
 
     def announces_the_same(self, chunk: frame_pb2.Chunk) -> bool:
         first = self.chunk
@@ -185,24 +193,29 @@ class Inbox:
         reassembler = incoming.reassembler
         if not reassembler.complete:  # An empty message is complete from the start.
             try:
-                if not reassembler.add(chunk.sequence, chunk.data):
-                    return  # A replay.
+                added = reassembler.add(chunk.sequence, chunk.data)
             except ChunkError:
-                self._report_gap(incoming)
+                self._report(incoming, gap=True)
+                return
+            if not added:
+                self._report(incoming, gap=False)
                 return
         if reassembler.complete:
             self._finish(incoming)
         elif reassembler.next_sequence - incoming.acked >= self._limits.ack_every:
             self._ack_progress(incoming)
 
-    def _report_gap(self, incoming: _Incoming) -> None:
-        position = incoming.reassembler.next_sequence
-        if incoming.gap_reported_at == position:
+    def _report(self, incoming: _Incoming, *, gap: bool) -> None:
+        position, now = incoming.reassembler.next_sequence, time.monotonic()
+        last_position, last_time = incoming.reported
+        if last_position == position and now - last_time < self._limits.stall_seconds / 4:
             return
-        incoming.gap_reported_at = position
+        incoming.reported = (position, now)
         if incoming.acked < position:
             self._ack_progress(incoming)
-        # The same position once more: the sender resends from it.
+            if not gap:
+                return
+        # The position again: for the sender, a request to resend from it.
         self._ack(incoming.chunk, next_sequence=position)
 
     def _ack_progress(self, incoming: _Incoming) -> None:

@@ -93,11 +93,6 @@ class MqttTransport(Transport):
         self._window_moved = asyncio.Event()
         self._client = self._make_client()
 
-    @property
-    def connected(self) -> bool:
-        """Whether the broker connection is up."""
-        return self._connected
-
     async def connect(self) -> None:
         s = self._settings
         clean_start: Any = (
@@ -285,7 +280,12 @@ class MqttTransport(Transport):
     def _decode(self, topic: str, payload: bytes | bytearray) -> frame_pb2.Frame | None:
         parsed = self._topics.parse(topic)
         if parsed is None:
-            _log.warning("dropped a message on an unexpected topic", extra={"topic": topic})
+            # A broker may misroute: amqtt 0.12 sends a new client the retained
+            # messages of other clients' subscriptions.
+            _log.warning(
+                "dropped a message on an unexpected topic",
+                extra={**self._log_extra(), "topic": topic},
+            )
             return None
         kind, role, end_id = parsed
         if kind == "presence" and end_id == self._endpoint.end_id:

@@ -124,16 +124,11 @@ class Transfer:
 
 
 class _Lane:
-    """The transfers to one receiver, in order, and whether it is away."""
+    """The transfers to one receiver, in order."""
 
     def __init__(self) -> None:
         self.queue: deque[Transfer] = deque()
         self.task: asyncio.Task[None] | None = None
-        self.away_since: float | None = None
-
-    def wake(self) -> None:
-        if self.queue:
-            self.queue[0].progress.set()
 
 
 class Outbox:
@@ -150,6 +145,8 @@ class Outbox:
         self._publish = publish
         self._limits = limits
         self._lanes: dict[str, _Lane] = {}
+        # Receivers that left, and when (loop time).
+        self._away: dict[str, float] = {}
 
     def send(self, message: Outgoing, receivers: Iterable[str]) -> list[Transfer]:
         """Queue `message` for each receiver; returns the transfers, already running."""
@@ -177,18 +174,17 @@ class Outbox:
 
     def end_joined(self, end_id: str) -> None:
         """`end_id` announced itself: it is back, or reconnected and lost chunks."""
+        self._away.pop(end_id, None)
         lane = self._lanes.get(end_id)
-        if lane is not None:
-            lane.away_since = None
-            if lane.queue:
-                lane.queue[0].rewind()
+        if lane is not None and lane.queue:
+            lane.queue[0].rewind()
 
     def end_left(self, end_id: str) -> None:
         """`end_id` left: stop sending, and wait a while for it to come back."""
+        self._away[end_id] = asyncio.get_running_loop().time()
         lane = self._lanes.get(end_id)
-        if lane is not None:
-            lane.away_since = asyncio.get_running_loop().time()
-            lane.wake()
+        if lane is not None and lane.queue:
+            lane.queue[0].progress.set()
 
     def pending(self) -> list[Transfer]:
         """The transfers not settled yet."""
@@ -208,20 +204,20 @@ class Outbox:
         try:
             while lane.queue:
                 transfer = lane.queue[0]
-                transfer.finish(await self._deliver(transfer, lane))
+                transfer.finish(await self._deliver(transfer))
                 lane.queue.popleft()
         finally:
             lane.task = None
             if not lane.queue and self._lanes.get(receiver) is lane:
                 del self._lanes[receiver]
 
-    async def _deliver(self, transfer: Transfer, lane: _Lane) -> bool:
+    async def _deliver(self, transfer: Transfer) -> bool:
         while not transfer.delivered.done():
-            if reason := self._give_up(transfer, lane):
+            if reason := self._give_up(transfer):
                 _log.warning("gave up a transfer: %s", reason, extra=self._where(transfer))
                 return False
             transfer.progress.clear()
-            if lane.away_since is None:
+            if transfer.receiver_id not in self._away:
                 await self._send_window(transfer)
             try:
                 async with asyncio.timeout(self._limits.stall_seconds):
@@ -230,11 +226,11 @@ class Outbox:
                 transfer.rewind()
         return transfer.delivered.result()
 
-    def _give_up(self, transfer: Transfer, lane: _Lane) -> str:
+    def _give_up(self, transfer: Transfer) -> str:
         limits = self._limits
         if transfer.corrupt > limits.max_corrupt:
             return f"the receiver found it corrupt {transfer.corrupt} times"
-        away = lane.away_since
+        away = self._away.get(transfer.receiver_id)
         if (
             away is not None
             and asyncio.get_running_loop().time() - away > limits.leave_grace_seconds
@@ -244,20 +240,22 @@ class Outbox:
 
     async def _send_window(self, transfer: Transfer) -> None:
         e = self._endpoint
-        try:
-            while (
-                transfer.next < transfer.frames
-                and transfer.next - transfer.acked < self._limits.window_chunks
-                and not transfer.delivered.done()
-            ):
-                sequence = transfer.next
-                # Moved before the await: a rewind meanwhile must not be undone.
-                transfer.next += 1
+        while (
+            transfer.next < transfer.frames
+            and transfer.next - transfer.acked < self._limits.window_chunks
+            and not transfer.delivered.done()
+        ):
+            sequence = transfer.next
+            # Moved before the await: a rewind meanwhile must not be undone.
+            transfer.next += 1
+            try:
                 await self._publish(
                     transfer.receiver_id, transfer.frame(e.end_id, e.channel, sequence)
                 )
-        except NotConnected:
-            pass  # connection_restored() rewinds and wakes the transfer.
+            except NotConnected:
+                # Not sent; connection_restored() rewinds and wakes the transfer.
+                transfer.next = min(transfer.next, sequence)
+                return
 
     def _where(self, transfer: Transfer) -> dict[str, str]:
         return {

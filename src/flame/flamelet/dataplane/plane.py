@@ -7,7 +7,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ _MAX_SOCKET_PATH = 100
 _GRACE_SECONDS = 1.0
 
 
-@dataclass
 class DataPlane:
     """A running data plane: the bridge and the ChannelService the role code calls.
 
@@ -43,9 +41,11 @@ class DataPlane:
         bridge: The task's channels.
     """
 
-    socket_path: str
-    bridge: Bridge
-    _server: RunningServer
+    def __init__(self, socket_path: str, bridge: Bridge, server: RunningServer) -> None:
+        """Wrap a started `server` serving `bridge` on `socket_path`."""
+        self.socket_path = socket_path
+        self.bridge = bridge
+        self._server = server
 
     async def stop(self) -> None:
         """Stop serving, deliver what is pending (within the leave timeout), leave

@@ -49,7 +49,11 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
         self, request: pb.LeaveChannelRequest, context: Any
     ) -> pb.LeaveChannelResponse:
         """Deliver what is pending (within the deadline), then leave."""
-        await self._bridge.leave(request.channel, timeout=_deadline(context))
+        deadline = _deadline(context)
+        # Keep a tenth of the caller's time to announce the leave and answer.
+        await self._bridge.leave(
+            request.channel, timeout=None if deadline is None else deadline * 0.9
+        )
         return pb.LeaveChannelResponse()
 
     async def ListEnds(self, request: pb.ListEndsRequest, context: Any) -> pb.ListEndsResponse:
@@ -87,6 +91,8 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
             message = Outgoing(
                 message_id, data, digest, header.broadcast, self._bridge.limits.chunk_bytes
             )
+            # Again: ends may have come or gone while the bytes streamed in.
+            receivers = channel.receivers(header.end_ids, header.broadcast)
             transfers = channel.send(message, receivers)
         except BaseException:
             budget.release(size)

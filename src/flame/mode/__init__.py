@@ -1,0 +1,1 @@
+"""Federated-learning modes: the role classes and the messages they exchange."""
