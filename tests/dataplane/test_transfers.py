@@ -267,6 +267,22 @@ async def test_transfers_to_a_receiver_gone_for_good_are_given_up() -> None:
         await connected.aggregator.abort()
 
 
+async def test_a_receiver_that_never_acknowledges_is_given_up() -> None:
+    limits = replace(LIMITS, stall_seconds=0.1, progress_timeout_seconds=0.5)
+    connected = await connect(limits)
+    try:
+        connected.network.fault = lambda frame: [] if frame.HasField("ack") else [frame]
+        first = send(connected.trainer, "a1", data(), message_id="m1")
+        second = send(connected.trainer, "a1", data(seed=1), message_id="m2")
+        assert await asyncio.wait_for(first.delivered, 5) is False
+        # The next transfer's clock starts when it does.
+        assert not second.delivered.done()
+        assert await asyncio.wait_for(second.delivered, 5) is False
+    finally:
+        await connected.trainer.abort()
+        await connected.aggregator.abort()
+
+
 async def test_an_empty_message_is_delivered(ends: Ends) -> None:
     transfer = send(ends.trainer, "a1", b"")
     got = await received(ends.aggregator)

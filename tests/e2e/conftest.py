@@ -74,20 +74,20 @@ class Flame:
 
 
 def task_processes(home: Path) -> list[int]:
-    """Pids of flamelets and role code started for this home's jobs."""
+    """Pids of flamelets and role code started for this home's jobs: the deployer
+    runs flamelets in its work root, and each role in a task folder below it."""
     found = []
     work_root = str(home / "deployer")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
         if not _running(int(entry.name)):
             continue
-        if (work_root in cmdline and "flamelet" in cmdline) or cwd.startswith(work_root):
+        if cwd.startswith(work_root):
             found.append(int(entry.name))
     return found
 
@@ -106,6 +106,19 @@ def flame(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flame]:
     time.sleep(0.5)
     assert not [pid for pid in pids if _running(pid)], "components left running"
     assert not task_processes(plane.home), "task processes left running"
+
+
+def flamelets(home: Path) -> list[int]:
+    """The task processes that are flamelets: those in the work root itself."""
+    work_root = str(home / "deployer")
+    return [pid for pid in task_processes(home) if _cwd(pid) == work_root]
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
 
 
 def _running(pid: int) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Flame, prepare_example, role_zip, task_processes
+from tests.e2e.conftest import Flame, flamelets, prepare_example, role_zip, task_processes
 
 pytestmark = pytest.mark.integration
 
@@ -113,10 +113,6 @@ def test_a_killed_flamelet_fails_its_task(flame: Flame, tmp_path: Path) -> None:
     _wait_until_no_task_processes(flame)
 
 
-def _flamelets(pids: list[int]) -> list[int]:
-    return [pid for pid in pids if b"flamelet" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-
-
 def _wait_for_task_processes(
     flame: Flame, count: int, *, flamelets_only: bool = False
 ) -> list[int]:
@@ -124,7 +120,7 @@ def _wait_for_task_processes(
     while time.monotonic() < deadline:
         pids = task_processes(flame.home)
         if len(pids) >= count:
-            return _flamelets(pids) if flamelets_only else pids
+            return flamelets(flame.home) if flamelets_only else pids
         time.sleep(0.2)
     raise AssertionError(f"fewer than {count} task processes: {task_processes(flame.home)}")
 

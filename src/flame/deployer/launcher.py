@@ -21,9 +21,11 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from flame.compute.v1 import compute_pb2
 from flame.deployer.deployer import AgentError
+from flame.deployer.forked import fork_flamelet
 
 __all__ = ["FlameletSettings", "LocalAgent", "LocalLauncher", "describe_exit", "flamelet_command"]
 
@@ -50,6 +52,8 @@ class FlameletSettings:
         work_root: Folder for the agents' work and the `logs/` of this launcher.
         ca_file: CA the agents trust for TLS; None for the system roots.
         plaintext: Connect without TLS (loopback and tests only).
+        fork: Start the standard flamelet as a fork of a preloaded fork server
+            (see `flame.deployer.forked`) instead of executing `executable`.
     """
 
     executable: Path
@@ -58,6 +62,7 @@ class FlameletSettings:
     work_root: Path
     ca_file: Path | None = None
     plaintext: bool = False
+    fork: bool = False
 
 
 def flamelet_command(settings: FlameletSettings, job_id: str, task_id: str) -> list[str]:
@@ -101,24 +106,48 @@ class LocalLauncher:
         log_file = self.log_file(job_id, task.task_id)
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            with log_file.open("ab") as log:
-                process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=_agent_env(task.task_key),
-                    start_new_session=True,
+            if self._settings.fork:
+                process: _Process = fork_flamelet(
+                    command[1:], _agent_env(task.task_key), log_file, self._settings.work_root
+                )
+            else:
+                process = _execute(
+                    command, _agent_env(task.task_key), log_file, self._settings.work_root
                 )
         except OSError as error:
             raise AgentError(f"cannot start {command[0]}: {error}") from error
         return LocalAgent(process, grace_seconds=self._grace_seconds)
 
 
+class _Process(Protocol):
+    """What the launcher needs of a started flamelet (a `Popen` or a fork)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+
+def _execute(
+    command: list[str], env: dict[str, str], log_file: Path, cwd: Path
+) -> subprocess.Popen[bytes]:
+    # Agents run in the work root, so that what runs for this compute is easy to find.
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
 class LocalAgent:
     """A flamelet process, leader of its own process group."""
 
-    def __init__(self, process: subprocess.Popen[bytes], *, grace_seconds: float) -> None:
+    def __init__(self, process: _Process, *, grace_seconds: float) -> None:
         """Watch and stop `process`, which leads its own process group."""
         self._process = process
         self._grace_seconds = grace_seconds

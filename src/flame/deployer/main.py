@@ -114,7 +114,13 @@ def main(
         admin_token=_secret(ADMIN_TOKEN_ENV, "an admin's API token"),
         compute_key=_secret(COMPUTE_KEY_ENV, "the compute's api key", _MIN_KEY_LENGTH),
         flamelet=FlameletSettings(
-            flamelet_path.resolve(), apiserver, notifier, root, ca_file=ca, plaintext=plaintext
+            flamelet_path.resolve(),
+            apiserver,
+            notifier,
+            root,
+            ca_file=ca,
+            plaintext=plaintext,
+            fork=flamelet_path.resolve() == Path(_default_flamelet()).resolve(),
         ),
         grace_seconds=stop_grace_seconds,
     )

@@ -182,9 +182,15 @@ class Inbox:
             _log.warning("dropped a chunk of an invalid message: %s", error, extra=_where(chunk))
             return None
         # Keep the announcement, not the chunk's bytes, for as long as the transfer.
-        announcement = frame_pb2.Chunk()
-        announcement.CopyFrom(chunk)
-        announcement.ClearField("data")
+        announcement = frame_pb2.Chunk(
+            sender_id=chunk.sender_id,
+            channel=chunk.channel,
+            message_id=chunk.message_id,
+            total_chunks=chunk.total_chunks,
+            total_size=chunk.total_size,
+            sha256=chunk.sha256,
+            broadcast=chunk.broadcast,
+        )
         incoming = _Incoming(announcement, reassembler)
         self._incoming[chunk.sender_id] = incoming
         return incoming

@@ -15,7 +15,9 @@ ignores the replays) whenever something may have been lost:
 
 A receiver that reports the message corrupt gets it again from the start, up to
 `max_corrupt` times. A receiver that left gets `leave_grace_seconds` to come back
-before its transfers are dropped.
+before its transfers are dropped, and a transfer that nothing acknowledged for
+`progress_timeout_seconds` (a receiver that hangs, a broker gone for long) is
+dropped too: every transfer ends.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ class Transfer:
         self.next = 0
         self.corrupt = 0
         self.progress = asyncio.Event()
-        self.delivered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.delivered: asyncio.Future[bool] = loop.create_future()
+        # When the receiver last acknowledged anything new (loop time).
+        self.progressed_at = loop.time()
 
     @property
     def frames(self) -> int:
@@ -90,10 +95,12 @@ class Transfer:
         elif ack.corrupt:
             self.corrupt += 1
             self.acked = 0
+            self.progressed_at = asyncio.get_running_loop().time()
             self.rewind()
         elif ack.next_sequence > self.acked:
             self.acked = min(ack.next_sequence, self.frames)
             self.next = max(self.next, self.acked)
+            self.progressed_at = asyncio.get_running_loop().time()
             self.progress.set()
         else:
             # The receiver repeats itself: it missed the chunk after this one.
@@ -212,6 +219,7 @@ class Outbox:
                 del self._lanes[receiver]
 
     async def _deliver(self, transfer: Transfer) -> bool:
+        transfer.progressed_at = asyncio.get_running_loop().time()
         while not transfer.delivered.done():
             if reason := self._give_up(transfer):
                 _log.warning("gave up a transfer: %s", reason, extra=self._where(transfer))
@@ -227,15 +235,14 @@ class Outbox:
         return transfer.delivered.result()
 
     def _give_up(self, transfer: Transfer) -> str:
-        limits = self._limits
+        limits, now = self._limits, asyncio.get_running_loop().time()
         if transfer.corrupt > limits.max_corrupt:
             return f"the receiver found it corrupt {transfer.corrupt} times"
         away = self._away.get(transfer.receiver_id)
-        if (
-            away is not None
-            and asyncio.get_running_loop().time() - away > limits.leave_grace_seconds
-        ):
+        if away is not None and now - away > limits.leave_grace_seconds:
             return "the receiver left and did not come back"
+        if now - transfer.progressed_at > limits.progress_timeout_seconds:
+            return f"nothing was acknowledged for {limits.progress_timeout_seconds} s"
         return ""
 
     async def _send_window(self, transfer: Transfer) -> None:

@@ -80,6 +80,8 @@ class TransferLimits:
         max_corrupt: Times a message may arrive corrupt before the sender gives up.
         leave_grace_seconds: How long transfers to and from an end that left wait
             for it to come back (a dropped connection) before they are dropped.
+        progress_timeout_seconds: A transfer nothing acknowledged for this long is
+            dropped.
         max_message_bytes: The largest message sent or received.
         outbox_bytes: Bytes of messages taken for delivery and not yet delivered;
             SendMessage stops reading while more are pending (one message always fits).
@@ -98,6 +100,7 @@ class TransferLimits:
     stall_seconds: float = 5.0
     max_corrupt: int = 3
     leave_grace_seconds: float = 60.0
+    progress_timeout_seconds: float = 300.0
     max_message_bytes: int = 1024 * _MIB
     outbox_bytes: int = 512 * _MIB
     publish_window_bytes: int = 32 * _MIB
