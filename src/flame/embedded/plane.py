@@ -5,6 +5,8 @@ Layout of the home folder:
     compute.key       the local compute's key (the compute stays registered)
     tls/              private CA and server certificates
     db/               SecantusDB storage (kept across up/down)
+    mqtt/             the MQTT broker's configuration
+    mlflow/           the model registry (MLflow on SQLite) and its artifacts
     deployer/         the local deployer's task work folders and logs
     logs/<name>.log   each component's output
     run/state.json    what `up` started: pids and addresses, read by `down` and `status`
@@ -16,9 +18,13 @@ on their old addresses, so the others (and the jobs they run) carry on.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import secrets
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,7 +44,15 @@ from flame.embedded.processes import (
 )
 from flame.rpc.certs import CertificateAuthority
 
-__all__ = ["Component", "ComponentHealth", "down", "internal_key_file", "status", "up"]
+__all__ = [
+    "Component",
+    "ComponentHealth",
+    "down",
+    "internal_key_file",
+    "registry_uri",
+    "status",
+    "up",
+]
 
 ADMIN_USER = "admin"
 # The embedded compute, as the original's default deployer: datasets whose realm
@@ -47,6 +61,8 @@ LOCAL_COMPUTE = "default"
 LOCAL_REGION = "default/us"
 _REGISTERED = re.compile(r'"message": "compute (registered)"')
 _START_TIMEOUT = 60.0
+# Debian installs mosquitto in /usr/sbin, which a user's PATH may lack.
+_SBIN_MOSQUITTO = (Path("/usr/sbin/mosquitto"), Path("/usr/local/sbin/mosquitto"))
 _BIN = Path(sys.executable).parent
 
 
@@ -106,6 +122,7 @@ def up(home: Path, *, log: Callable[[str], None] = lambda _: None) -> list[Compo
         started={},
         previous=previous,
     )
+    _create_registry(plan)
     try:
         for name, start in _STARTERS:
             earlier = previous.get(name)
@@ -117,6 +134,29 @@ def up(home: Path, *, log: Callable[[str], None] = lambda _: None) -> list[Compo
         _write_state(home, list(plan.started.values()))
     _write_config(home, plan)
     return list(plan.started.values())
+
+
+def registry_uri(home: Path) -> str:
+    """The MLflow tracking and model-registry URI the tasks of this plane use: a
+    SQLite file, so that no MLflow server needs to run."""
+    folder = home / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _create_registry(plan: _Plan) -> None:
+    """Create the registry's tables now: tasks that all find an empty SQLite file
+    at once race to create them, and all but one fail."""
+    if (plan.home / "mlflow" / "mlflow.db").exists() or importlib.util.find_spec("mlflow") is None:
+        return
+    script = "import sys, mlflow; mlflow.MlflowClient(sys.argv[1]).search_experiments()"
+    subprocess.run(
+        [sys.executable, "-c", script, registry_uri(plan.home)],
+        check=True,
+        capture_output=True,
+        timeout=_START_TIMEOUT,
+    )
+    plan.log(f"{'registry':<12} {registry_uri(plan.home)}")
 
 
 def internal_key_file(home: Path) -> Path:
@@ -159,6 +199,40 @@ def _start_database(plan: _Plan) -> Component:
     return Component("secantusdb", pid, f"127.0.0.1:{port}", tls=False)
 
 
+def _start_broker(plan: _Plan) -> Component:
+    """mosquitto when the machine has it, else the in-Python amqtt broker."""
+    port = plan.port_of("mqtt") or free_port()
+    log_file = _fresh_log(plan.home, "mqtt")
+    mosquitto = shutil.which("mosquitto") or next(
+        (str(path) for path in _SBIN_MOSQUITTO if path.exists()), None
+    )
+    if mosquitto:
+        command = [mosquitto, "-c", str(_mosquitto_config(plan.home, port))]
+    else:
+        command = [sys.executable, "-m", "flame.embedded.amqtt_broker", "--port", str(port)]
+    pid = spawn(command, log_file=log_file)
+    wait_for_port(port, pid, timeout=_START_TIMEOUT, log_file=log_file)
+    plan.log(f"{'mqtt':<12} 127.0.0.1:{port} ({Path(command[0]).name if mosquitto else 'amqtt'})")
+    return Component("mqtt", pid, f"127.0.0.1:{port}", tls=False)
+
+
+def _mosquitto_config(home: Path, port: int) -> Path:
+    folder = home / "mqtt"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence false",
+        # Small frames (acks, presence) would otherwise wait ~40 ms for Nagle.
+        "set_tcp_nodelay true",
+    ]
+    if os.geteuid() == 0:
+        lines.append("user root")  # mosquitto would drop to a user that cannot read this home
+    path = folder / "mosquitto.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _start_notifier(plan: _Plan) -> Component:
     cert = plan.ca.issue("notifier")
     command = [
@@ -181,6 +255,8 @@ def _start_controller(plan: _Plan) -> Component:
         "--bootstrap-admin", ADMIN_USER,
         "--notifier", plan.address("notifier"),
         "--notifier-ca", str(plan.ca.cert_file),
+        "--broker", f"mqtt={plan.address('mqtt')}",
+        "--registry", f"mlflow={registry_uri(plan.home)}",
     ]  # fmt: skip
     env = {
         "FLAME_CONTROLLER_INTERNAL_KEY": plan.internal_key,
@@ -238,6 +314,7 @@ def _start_server(name: str, plan: _Plan, command: list[str], env: dict[str, str
 # In start order: each component connects to the ones before it.
 _STARTERS: tuple[tuple[str, Callable[[_Plan], Component]], ...] = (
     ("secantusdb", _start_database),
+    ("mqtt", _start_broker),
     ("notifier", _start_notifier),
     ("controller", _start_controller),
     ("apiserver", _start_apiserver),
