@@ -143,7 +143,9 @@ async def run_target(target: Target, datasets: int, jobs: int) -> dict[str, list
             data_spec=[
                 job_pb2.RoleDatasets(
                     role="trainer",
-                    dataset_groups={"us": job_pb2.DatasetGroup(dataset_ids=[ids[index % len(ids)]])},
+                    dataset_groups={
+                        "us": job_pb2.DatasetGroup(dataset_ids=[ids[index % len(ids)]])
+                    },
                 )
             ],
         )
@@ -154,7 +156,9 @@ async def run_target(target: Target, datasets: int, jobs: int) -> dict[str, list
     async def list_all(call: Callable[..., Awaitable[object]], request_type: type) -> None:
         token = ""
         while True:
-            reply = await call(request_type(page_size=100, page_token=token), metadata=target.metadata, timeout=30)
+            reply = await call(
+                request_type(page_size=100, page_token=token), metadata=target.metadata, timeout=30
+            )
             token = reply.next_page_token  # type: ignore[attr-defined]
             if not token:
                 return
@@ -163,7 +167,8 @@ async def run_target(target: Target, datasets: int, jobs: int) -> dict[str, list
         "create_dataset": await timed(create_dataset, datasets),
         "create_job": await timed(create_job, jobs),
         "list_datasets": await timed(
-            lambda _: list_all(dataset_stub.ListDatasets, dataset_service_pb2.ListDatasetsRequest), 5
+            lambda _: list_all(dataset_stub.ListDatasets, dataset_service_pb2.ListDatasetsRequest),
+            5,
         ),
         "list_jobs": await timed(
             lambda _: list_all(job_stub.ListJobs, job_service_pb2.ListJobsRequest), 5
@@ -185,7 +190,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def report(operation: str, count: int, through: list[float], direct: list[float]) -> dict[str, object]:
+def report(
+    operation: str, count: int, through: list[float], direct: list[float]
+) -> dict[str, object]:
     """One measurement: apiserver throughput with the controller's as the baseline."""
     value = len(through) / sum(through)
     baseline = len(direct) / sum(direct)

@@ -87,17 +87,27 @@ def running_control_plane(
     }
     with ExitStack() as stack:
         notifier_args = [
-            "flame-notifier", "--plaintext", "--mongo-uri", mongo_uri, "--database", f"{database}_n"
+            "flame-notifier",
+            "--plaintext",
+            "--mongo-uri",
+            mongo_uri,
+            "--database",
+            f"{database}_n",
         ]
         notifier = stack.enter_context(start_server_process(notifier_args))
         controller_args = [
             "flame-controller",
             "--plaintext",
-            "--mongo-uri", mongo_uri,
-            "--database", database,
-            "--bootstrap-admin", ADMIN,
-            "--broker", "mqtt=127.0.0.1:1883",
-            "--notifier", notifier.address,
+            "--mongo-uri",
+            mongo_uri,
+            "--database",
+            database,
+            "--bootstrap-admin",
+            ADMIN,
+            "--broker",
+            "mqtt=127.0.0.1:1883",
+            "--notifier",
+            notifier.address,
             "--notifier-plaintext",
             *extra_controller_args,
         ]
@@ -105,7 +115,8 @@ def running_control_plane(
         apiserver_args = [
             "flame-apiserver",
             "--plaintext",
-            "--controller", controller.address,
+            "--controller",
+            controller.address,
             "--controller-plaintext",
         ]
         apiserver = stack.enter_context(start_server_process(apiserver_args, env=environment))

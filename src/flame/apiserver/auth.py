@@ -34,7 +34,7 @@ class TokenResolver:
 
     def __init__(
         self,
-        stub: auth_service_pb2_grpc.AuthServiceStub,
+        stub: auth_service_pb2_grpc.AuthServiceAsyncStub,
         *,
         internal_metadata: tuple[tuple[str, str], ...],
         ttl_seconds: float = 10.0,

@@ -75,6 +75,6 @@ def main(
             generic_service_names=[service.full_name for service in PUBLIC_SERVICES],
         )
         announce("flame-apiserver", running)
-        await serve_until_signal(running, on_stop=channel.close)
+        await serve_until_signal(running, on_stop=lambda: channel.close(None))
 
     run_server("flame-apiserver", log_level, serve)

@@ -9,9 +9,9 @@ caller's credential and replaces identity metadata with what it has verified.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -44,7 +44,8 @@ class ProxyLimits:
     stream_timeout_seconds: float = 24 * 3600.0
 
 
-class ForwardingHandler(grpc.GenericRpcHandler):
+# grpc-stubs make the base generic, but at runtime it is not subscriptable.
+class ForwardingHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """Serves every method of `services` by forwarding it to `controller`."""
 
     def __init__(
@@ -60,7 +61,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         self._resolver = resolver
         self._internal_key = internal_key
         self._limits = limits
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         for service in services:
             for method in service.methods:
                 path = f"/{service.full_name}/{method.name}"
@@ -70,27 +71,30 @@ class ForwardingHandler(grpc.GenericRpcHandler):
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         return self._handlers.get(handler_call_details.method)
 
     def _make_handler(
         self, path: str, client_streaming: bool, server_streaming: bool
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         timeout = (
             self._limits.stream_timeout_seconds
             if server_streaming or client_streaming
             else self._limits.unary_timeout_seconds
         )
+        # No (de)serializers: request and response bytes pass through untouched.
+        call: Callable[..., Any]
+        stream: Callable[..., Any]
         if not client_streaming and not server_streaming:
-            call = self._controller.unary_unary(path)
+            call = self._controller.unary_unary(path, None, None)
             return grpc.unary_unary_rpc_method_handler(self._unary(call, path, timeout))
         if client_streaming and not server_streaming:
-            call = self._controller.stream_unary(path)
+            call = self._controller.stream_unary(path, None, None)
             return grpc.stream_unary_rpc_method_handler(self._unary(call, path, timeout))
         if server_streaming and not client_streaming:
-            stream = self._controller.unary_stream(path)
+            stream = self._controller.unary_stream(path, None, None)
             return grpc.unary_stream_rpc_method_handler(self._streaming(stream, path, timeout))
-        stream = self._controller.stream_stream(path)
+        stream = self._controller.stream_stream(path, None, None)
         return grpc.stream_stream_rpc_method_handler(self._streaming(stream, path, timeout))
 
     def _unary(
@@ -125,7 +129,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
 
     async def _forwarded_metadata(
         self, path: str, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tuple[tuple[str, str], ...]:
+    ) -> tuple[tuple[str, str | bytes], ...]:
         incoming = [
             (key, value)
             for key, value in (context.invocation_metadata() or ())
@@ -171,9 +175,8 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any], cap: float) -> float:
 async def _relay_error(
     context: grpc.aio.ServicerContext[Any, Any], error: grpc.aio.AioRpcError
 ) -> None:
-    trailing = tuple(
-        (key, value)
-        for key, value in (error.trailing_metadata() or ())
-        if key == _STATUS_DETAILS_KEY
-    )
+    # grpc-stubs type this as the sync RpcError's tuple of _Metadatum; aio returns
+    # Metadata, which iterates (key, value) pairs.
+    metadata = cast("Iterable[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    trailing = tuple((key, value) for key, value in metadata if key == _STATUS_DETAILS_KEY)
     await context.abort(error.code(), error.details() or "", trailing)

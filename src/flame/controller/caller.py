@@ -53,7 +53,8 @@ def require_admin(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
     return caller
 
 
-class InternalKeyInterceptor(grpc.aio.ServerInterceptor):
+# grpc-stubs make the base generic, but at runtime it is not subscriptable.
+class InternalKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Refuses calls that do not carry the key shared with the apiserver."""
 
     def __init__(self, internal_key: str) -> None:
@@ -61,9 +62,11 @@ class InternalKeyInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         presented = dict(handler_call_details.invocation_metadata or ()).get(md.INTERNAL_KEY, "")
         if handler is None or _is_public(handler_call_details.method):

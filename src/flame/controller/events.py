@@ -24,7 +24,7 @@ class EventPublisher:
     caller retries the whole step later (the notifier stores what it accepted)."""
 
     def __init__(
-        self, stub: notify_service_pb2_grpc.NotifyServiceStub, *, timeout_seconds: float = 10.0
+        self, stub: notify_service_pb2_grpc.NotifyServiceAsyncStub, *, timeout_seconds: float = 10.0
     ) -> None:
         self._stub = stub
         self._timeout = timeout_seconds
@@ -42,4 +42,4 @@ class EventPublisher:
             subscribers=list(subscribers),
             event=Event(type=event_type, job_id=job_id, task_ids=list(task_ids)),
         )
-        await self._stub.PublishEvent(request, timeout=self._timeout)  # type: ignore[misc]
+        await self._stub.PublishEvent(request, timeout=self._timeout)

@@ -187,8 +187,8 @@ class JobManager:
             reason = document.get("reason") or "stopped"
             await self._finish(job_id, Job.STATE_TERMINATED, reason)
 
-    async def _finish(self, job_id: str, state: int, reason: str) -> None:
-        outcome = Job.State.Name(state).removeprefix("STATE_").lower()  # type: ignore[arg-type]
+    async def _finish(self, job_id: str, state: Job.State.ValueType, reason: str) -> None:
+        outcome = Job.State.Name(state).removeprefix("STATE_").lower()
         unfinished_reason = reason if state == Job.STATE_TERMINATED else f"job {outcome}"
         await self._jobs.end_unfinished_tasks(job_id, Task.STATE_TERMINATED, unfinished_reason)
         finished = await self._jobs.transition(
@@ -199,7 +199,7 @@ class JobManager:
             extra={"revoke_pending": True},
         )
         if finished is not None:
-            _log.info("job finished", extra={"job": job_id, "state": Job.State.Name(state)})  # type: ignore[arg-type]
+            _log.info("job finished", extra={"job": job_id, "state": Job.State.Name(state)})
             await self._revoke(job_id)
 
     async def _revoke(self, job_id: str) -> None:
@@ -226,10 +226,10 @@ class JobManager:
 
     def _overdue(self, document: Document) -> bool:
         limit = document["resource"].get("maxRunTimeSeconds", 0)
-        started = document.get("start_time")
-        return bool(limit and started) and now() - _aware(started) > datetime.timedelta(
-            seconds=limit
-        )
+        started: datetime.datetime | None = document.get("start_time")
+        if not (limit and started):
+            return False
+        return now() - _aware(started) > datetime.timedelta(seconds=limit)
 
     def _require_publisher(self) -> EventPublisher:
         if self._publisher is None:

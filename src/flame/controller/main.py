@@ -130,7 +130,7 @@ def main(
             stopping.set()
             await reconciler
             if channel is not None:
-                await channel.close()
+                await channel.close(None)
             await client.close()
 
         await serve_until_signal(running, on_stop=close)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,7 +69,9 @@ def announce(component: str, running: RunningServer) -> None:
     print(f"{component} serving on {running.address}", flush=True)
 
 
-def run_server(component: str, log_level: str, serve: Callable[[], Awaitable[None]]) -> None:
+def run_server(
+    component: str, log_level: str, serve: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
     """Configure logging and run a server's main coroutine until it returns."""
     configure_logging(component, log_level)
     try:

@@ -28,9 +28,9 @@ __all__ = [
     "ServerOptions",
     "Service",
     "bind",
-    "wrap_handler",
     "serve_until_signal",
     "start_server",
+    "wrap_handler",
 ]
 
 _log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class RunningServer:
     server: grpc.aio.Server
     host: str
     port: int
-    health: health.aio.HealthServicer
+    health: health.aio.HealthServicer  # type: ignore[name-defined]  # grpc-health stubs lack `aio`
     grace_seconds: float
 
     @property
@@ -79,19 +79,22 @@ class RunningServer:
         await self.server.stop(self.grace_seconds)
 
 
-class _DomainErrorInterceptor(grpc.aio.ServerInterceptor):
+# grpc-stubs make the base generic, but at runtime it is not subscriptable.
+class _DomainErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Turns a `FlameError` raised by a handler into its rich status."""
 
     def __init__(self) -> None:
         # Handlers are fixed per method, so each is wrapped once, not on every call.
-        self._wrapped: dict[int, grpc.RpcMethodHandler] = {}
-        self._originals: list[grpc.RpcMethodHandler] = []
+        self._wrapped: dict[int, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._originals: list[grpc.RpcMethodHandler[Any, Any]] = []
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -105,10 +108,10 @@ class _DomainErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler,
+    handler: grpc.RpcMethodHandler[Any, Any],
     wrap_unary: Callable[[Callable[..., Any]], Callable[..., Any]],
     wrap_stream: Callable[[Callable[..., Any]], Callable[..., Any]],
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind as `handler` whose behavior is wrapped: with
     `wrap_unary` when it returns one response, `wrap_stream` when it streams."""
     serializers = {
@@ -118,16 +121,13 @@ def wrap_handler(
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **serializers)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            wrap_unary(handler.stream_unary), **serializers
-        )
+        return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **serializers)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
             wrap_stream(handler.unary_stream), **serializers
         )
-    return grpc.stream_stream_rpc_method_handler(
-        wrap_stream(handler.stream_stream), **serializers
-    )
+    assert handler.stream_stream is not None  # a handler has exactly one behavior
+    return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **serializers)
 
 
 def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -159,9 +159,9 @@ async def start_server(
     services: Sequence[Service],
     options: ServerOptions,
     *,
-    generic_handler: grpc.GenericRpcHandler | None = None,
+    generic_handler: grpc.GenericRpcHandler[Any, Any] | None = None,
     generic_service_names: Sequence[str] = (),
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> RunningServer:
     """Build, bind and start a server for `services`, with health and reflection.
 
@@ -176,7 +176,7 @@ async def start_server(
     server = grpc.aio.server(
         interceptors=[*interceptors, _DomainErrorInterceptor()], options=limits
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # as above
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in services:
         service.register(server)

@@ -30,7 +30,7 @@ ACTIVE_STATES = frozenset(
 )
 TERMINAL_TASK_STATES = frozenset({Task.STATE_COMPLETED, Task.STATE_FAILED, Task.STATE_TERMINATED})
 # The task states an agent may move a task from, per reported state.
-_TASK_TRANSITIONS: dict[int, tuple[int, ...]] = {
+_TASK_TRANSITIONS: dict[Task.State.ValueType, tuple[Task.State.ValueType, ...]] = {
     Task.STATE_RUNNING: (Task.STATE_READY,),
     Task.STATE_COMPLETED: (Task.STATE_RUNNING,),
     Task.STATE_FAILED: (Task.STATE_READY, Task.STATE_RUNNING),
@@ -39,9 +39,9 @@ _TASK_TRANSITIONS: dict[int, tuple[int, ...]] = {
 _LOG_TAIL_BYTES = 4096
 
 
-def task_state_name(state: int) -> str:
+def task_state_name(state: Task.State.ValueType) -> str:
     """`running` for STATE_RUNNING: the short name used in task counts."""
-    return Task.State.Name(state).removeprefix("STATE_").lower()  # type: ignore[arg-type]
+    return Task.State.Name(state).removeprefix("STATE_").lower()
 
 
 class JobStore:
@@ -137,9 +137,9 @@ class JobStore:
     async def transition(
         self,
         job_id: str,
-        to: int,
+        to: Job.State.ValueType,
         *,
-        expected: Iterable[int],
+        expected: Iterable[Job.State.ValueType],
         reason: str = "",
         extra: Document | None = None,
     ) -> Job | None:
@@ -177,7 +177,7 @@ class JobStore:
     async def _with_counts(self, documents: list[Document]) -> list[Job]:
         ids = [str(document["_id"]) for document in documents]
         counts: dict[str, dict[str, int]] = {job_id: {} for job_id in ids}
-        pipeline = [
+        pipeline: list[Document] = [
             {"$match": {"job_id": {"$in": ids}}},
             {"$group": {"_id": {"job": "$job_id", "state": "$state"}, "n": {"$sum": 1}}},
         ]
@@ -235,7 +235,7 @@ class JobStore:
         self,
         job_id: str,
         task_id: str,
-        state: int,
+        state: Task.State.ValueType,
         *,
         exit_code: int = 0,
         reason: str = "",
@@ -243,14 +243,16 @@ class JobStore:
     ) -> bool:
         """Apply a task state reported by its agent or deployer if the transition is
         legal; False when the task was already past it (e.g. a late report)."""
-        allowed = [Task.State.Name(s) for s in _TASK_TRANSITIONS.get(state, ())]  # type: ignore[arg-type]
+        allowed = [Task.State.Name(s) for s in _TASK_TRANSITIONS.get(state, ())]
         result = await self._tasks.update_one(
             {"job_id": job_id, "task_id": task_id, "state": {"$in": allowed}},
             {"$set": _task_status(state, exit_code=exit_code, reason=reason, log_tail=log_tail)},
         )
         return result.modified_count == 1
 
-    async def end_unfinished_tasks(self, job_id: str, state: int, reason: str) -> int:
+    async def end_unfinished_tasks(
+        self, job_id: str, state: Task.State.ValueType, reason: str
+    ) -> int:
         """Move every task not yet finished to `state` (FAILED or TERMINATED)."""
         unfinished = [Task.State.Name(s) for s in (Task.STATE_READY, Task.STATE_RUNNING)]
         result = await self._tasks.update_many(
@@ -316,18 +318,18 @@ def _spec(job: Job) -> Job:
         "update_time",
         "end_time",
     ):
-        spec.ClearField(name)  # type: ignore[arg-type]
+        spec.ClearField(name)
     return spec
 
 
 def _status(
-    state: int,
+    state: Job.State.ValueType,
     moment: datetime.datetime,
     *,
     reason: str = "",
     create_time: datetime.datetime | None = None,
 ) -> Document:
-    fields: Document = {"state": Job.State.Name(state), "reason": reason, "update_time": moment}  # type: ignore[arg-type]
+    fields: Document = {"state": Job.State.Name(state), "reason": reason, "update_time": moment}
     if create_time is not None:
         fields["create_time"] = create_time
     return fields
@@ -349,15 +351,15 @@ def _task_spec(task: Task) -> Task:
     spec = Task()
     spec.CopyFrom(task)
     for name in ("state", "exit_code", "reason", "log_tail", "update_time"):
-        spec.ClearField(name)  # type: ignore[arg-type]
+        spec.ClearField(name)
     return spec
 
 
 def _task_status(
-    state: int, *, exit_code: int = 0, reason: str = "", log_tail: str = ""
+    state: Task.State.ValueType, *, exit_code: int = 0, reason: str = "", log_tail: str = ""
 ) -> Document:
     return {
-        "state": Task.State.Name(state),  # type: ignore[arg-type]
+        "state": Task.State.Name(state),
         "exit_code": exit_code,
         "reason": reason,
         "log_tail": log_tail[-_LOG_TAIL_BYTES:],
