@@ -79,13 +79,21 @@ def code_zip() -> bytes:
     return buffer.getvalue()
 
 
-async def timed(operation: Callable[[int], Awaitable[object]], count: int) -> list[float]:
-    """Run `operation(i)` for i in range(count) one after another; latencies in seconds."""
-    latencies = []
+async def timed_pairs(
+    first: Callable[[int], Awaitable[object]],
+    second: Callable[[int], Awaitable[object]],
+    count: int,
+) -> tuple[list[float], list[float]]:
+    """Run `first(i)` then `second(i)` for each i; the latencies of each, in seconds.
+
+    Alternating keeps both paths on the same database state: run one after the other,
+    the second would meet a fuller database and look slower for it."""
+    latencies: tuple[list[float], list[float]] = ([], [])
     for index in range(count):
-        start = time.perf_counter()
-        await operation(index)
-        latencies.append(time.perf_counter() - start)
+        for operation, found in ((first, latencies[0]), (second, latencies[1])):
+            start = time.perf_counter()
+            await operation(index)
+            found.append(time.perf_counter() - start)
     return latencies
 
 
@@ -111,69 +119,72 @@ async def prepare_design(target: Target, design_id: str) -> None:
     await designs.UploadCode(iter(messages), metadata=target.metadata, timeout=30)
 
 
-async def run_target(target: Target, datasets: int, jobs: int) -> dict[str, list[float]]:
-    """Create datasets, then jobs over them, then list both; latencies per operation."""
-    dataset_stub = dataset_service_pb2_grpc.DatasetServiceStub(target.channel)
-    job_stub = job_service_pb2_grpc.JobServiceStub(target.channel)
-    design_id = f"bench-{target.name}"
-    await prepare_design(target, design_id)
-    ids: list[str] = []
+class Workload:
+    """The benchmark's operations as one caller: datasets, jobs over them, listings."""
 
-    async def create_dataset(index: int) -> None:
-        reply = await dataset_stub.CreateDataset(
-            dataset_service_pb2.CreateDatasetRequest(
-                dataset=dataset_pb2.Dataset(
-                    name=f"d{index}",
-                    url=f"file:///data/{target.name}/{index}.npz",
-                    data_format="npz",
-                    realm="default/us",
-                    is_public=True,
-                )
-            ),
-            metadata=target.metadata,
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.datasets = dataset_service_pb2_grpc.DatasetServiceStub(target.channel)
+        self.jobs = job_service_pb2_grpc.JobServiceStub(target.channel)
+        self.design_id = f"bench-{target.name}"
+        self.dataset_ids: list[str] = []
+
+    async def create_dataset(self, index: int) -> None:
+        dataset = dataset_pb2.Dataset(
+            name=f"d{index}",
+            url=f"file:///data/{self.target.name}/{index}.npz",
+            data_format="npz",
+            realm="default/us",
+            is_public=True,
+        )
+        reply = await self.datasets.CreateDataset(
+            dataset_service_pb2.CreateDatasetRequest(dataset=dataset),
+            metadata=self.target.metadata,
             timeout=30,
         )
-        ids.append(reply.dataset.id)
+        self.dataset_ids.append(reply.dataset.id)
 
-    async def create_job(index: int) -> None:
+    async def create_job(self, index: int) -> None:
+        group = job_pb2.DatasetGroup(dataset_ids=[self.dataset_ids[index % len(self.dataset_ids)]])
         spec = job_pb2.Job(
             name=f"j{index}",
-            design_id=design_id,
+            design_id=self.design_id,
             backend="mqtt",
-            data_spec=[
-                job_pb2.RoleDatasets(
-                    role="trainer",
-                    dataset_groups={
-                        "us": job_pb2.DatasetGroup(dataset_ids=[ids[index % len(ids)]])
-                    },
-                )
-            ],
+            data_spec=[job_pb2.RoleDatasets(role="trainer", dataset_groups={"us": group})],
         )
-        await job_stub.CreateJob(
-            job_service_pb2.CreateJobRequest(job=spec), metadata=target.metadata, timeout=30
+        await self.jobs.CreateJob(
+            job_service_pb2.CreateJobRequest(job=spec), metadata=self.target.metadata, timeout=30
         )
 
-    async def list_all(call: Callable[..., Awaitable[object]], request_type: type) -> None:
+    async def list_datasets(self, _: int) -> None:
+        await self._list_all(self.datasets.ListDatasets, dataset_service_pb2.ListDatasetsRequest)
+
+    async def list_jobs(self, _: int) -> None:
+        await self._list_all(self.jobs.ListJobs, job_service_pb2.ListJobsRequest)
+
+    async def _list_all(self, call: Callable[..., Awaitable[object]], request_type: type) -> None:
         token = ""
         while True:
             reply = await call(
-                request_type(page_size=100, page_token=token), metadata=target.metadata, timeout=30
+                request_type(page_size=100, page_token=token),
+                metadata=self.target.metadata,
+                timeout=30,
             )
             token = reply.next_page_token  # type: ignore[attr-defined]
             if not token:
                 return
 
-    return {
-        "create_dataset": await timed(create_dataset, datasets),
-        "create_job": await timed(create_job, jobs),
-        "list_datasets": await timed(
-            lambda _: list_all(dataset_stub.ListDatasets, dataset_service_pb2.ListDatasetsRequest),
-            5,
-        ),
-        "list_jobs": await timed(
-            lambda _: list_all(job_stub.ListJobs, job_service_pb2.ListJobsRequest), 5
-        ),
-    }
+
+async def run_both(
+    through: Workload, direct: Workload, counts: dict[str, int]
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Each operation through the apiserver and straight to the controller, alternating."""
+    await prepare_design(through.target, through.design_id)
+    await prepare_design(direct.target, direct.design_id)
+    results = {}
+    for name, count in counts.items():
+        results[name] = await timed_pairs(getattr(through, name), getattr(direct, name), count)
+    return results
 
 
 async def create_user(channel: grpc.aio.Channel, admin_token: str, name: str) -> str:
@@ -228,13 +239,14 @@ async def measure(home: Path, datasets: int, jobs: int) -> list[dict[str, object
             internal,
             ((md.INTERNAL_KEY, internal_key), (md.USER, "bench-controller"), (md.ADMIN, "false")),
         )
-        # The controller path runs first: the apiserver path meets a fuller database.
-        direct_results = await run_target(direct, datasets, jobs)
-        through_results = await run_target(through, datasets, jobs)
-    counts = {"create_dataset": datasets, "create_job": jobs, "list_datasets": 5, "list_jobs": 5}
-    return [
-        report(name, counts[name], through_results[name], direct_results[name]) for name in counts
-    ]
+        counts = {
+            "create_dataset": datasets,
+            "create_job": jobs,
+            "list_datasets": 5,
+            "list_jobs": 5,
+        }
+        results = await run_both(Workload(through), Workload(direct), counts)
+    return [report(name, counts[name], *results[name]) for name in counts]
 
 
 def main() -> None:
