@@ -80,7 +80,7 @@ async def test_a_manifest_for_another_task_is_refused(short_tmp: Path) -> None:
 
 
 async def test_a_backend_without_transport_fails_to_join(tasks: Tasks) -> None:
-    task = await tasks.start("trainer", job=job_id(), join=False, backend="p2p")
+    task = await tasks.start("trainer", job=job_id(), join=False, backend="shm")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await task.join()
     assert reason(caught.value) == (grpc.StatusCode.FAILED_PRECONDITION, "BACKEND_UNSUPPORTED")

@@ -7,13 +7,20 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flame.agent.v1 import agent_pb2
 from flame.flamelet.dataplane.bridge import Bridge
 from flame.flamelet.dataplane.config import TaskConfig, parse_task_config
+from flame.flamelet.dataplane.discovery import (
+    ControlPlaneDiscovery,
+    DirectoryDiscovery,
+    directory_roots,
+)
 from flame.flamelet.dataplane.mqtt import mqtt_transports
+from flame.flamelet.dataplane.p2p import PeerHub, PeerSettings, p2p_transports
 from flame.flamelet.dataplane.servicer import ChannelServicer
 from flame.flamelet.dataplane.settings import BrokerSettings, TransferLimits
 from flame.flamelet.dataplane.transport import Endpoint, TransportFactory
@@ -55,8 +62,9 @@ class DataPlane:
         Path(self.socket_path).unlink(missing_ok=True)
 
     async def abort(self) -> None:
-        """Stop at once and drop the broker connections with no goodbye, as a crash
-        would: the peers learn of it from the last wills. For failure tests."""
+        """Stop at once and drop the connections with no goodbye, as a crash would:
+        the peers learn of it from the last wills (MQTT) or the missing ALIVE
+        announcements (p2p). For failure tests."""
         await self._server.server.stop(None)
         await self.bridge.abort()
         Path(self.socket_path).unlink(missing_ok=True)
@@ -71,12 +79,13 @@ async def start_dataplane(
     tls: ClientTls | None,
     broker: BrokerSettings | None = None,
     limits: TransferLimits | None = None,
+    peer: PeerSettings | None = None,
 ) -> DataPlane:
     """Start the data plane of a flamelet's task.
 
-    The MQTT transport needs only the broker. `task_key`, `apiserver` and `tls` are
-    how the p2p transport will find peers (AgentService.RegisterPeer); a `p2p`
-    channel fails to join with BACKEND_UNSUPPORTED until it exists.
+    The MQTT transport needs only the broker. The p2p transport finds its peers
+    through the control plane (AgentService.RegisterPeer and ListPeers, with
+    `task_key` through `apiserver` over `tls`).
 
     Args:
         manifest: The task's manifest; its `config_json` names the channels.
@@ -88,12 +97,15 @@ async def start_dataplane(
         broker: The MQTT broker and the job's credentials (username = job id); by
             default the config's broker address, anonymously.
         limits: Transfer sizes and timings.
+        peer: Where the p2p server listens, its TLS and presence timings; with
+            TLS and no `ca_file`, peers are verified with the CA of `tls`.
 
     Returns:
         The running data plane; `stop()` it when the task ends.
 
     Raises:
-        ValueError: The manifest's configuration is invalid or names another task.
+        ValueError: The manifest's configuration is invalid or names another task,
+            or `peer` is unusable (see `PeerHub`).
     """
     config = json.loads(manifest.config_json)
     task = parse_task_config(config)
@@ -102,8 +114,18 @@ async def start_dataplane(
             f"the config is for task {task.task_id} of job {task.job_id}, "
             f"not task {manifest.task_id} of job {manifest.job_id}"
         )
+    limits = limits or TransferLimits()
+    peer = peer or PeerSettings()
+    if peer.tls is not None and peer.ca_file is None and tls is not None:
+        peer = replace(peer, ca_file=tls.ca_file)
+    discovery = ControlPlaneDiscovery(apiserver, task_key=task_key, tls=tls)
+    p2p = p2p_transports(PeerHub(discovery, peer, limits))
     return await start_bridge(
-        config, socket_path=_socket_path(work_dir), broker=broker, limits=limits
+        config,
+        socket_path=_socket_path(work_dir),
+        broker=broker,
+        limits=limits,
+        transports={"p2p": p2p},
     )
 
 
@@ -114,6 +136,7 @@ async def start_bridge(
     broker: BrokerSettings | None = None,
     limits: TransferLimits | None = None,
     transports: Mapping[str, TransportFactory] | None = None,
+    peer: PeerSettings | None = None,
 ) -> DataPlane:
     """Serve ChannelService for a task on `socket_path`, bridged to its peers.
 
@@ -128,13 +151,16 @@ async def start_bridge(
             By default the config's broker address (port 1883), anonymously.
         limits: Transfer sizes and timings.
         transports: Transport factories per backend sort, added to (or replacing)
-            the MQTT one, e.g. a p2p transport.
+            the MQTT and p2p ones.
+        peer: Where the p2p server listens, its TLS and presence timings. The p2p
+            ends find each other through a shared folder (`DirectoryDiscovery`):
+            the channel's `brokerHost` or the `p2p` broker as `file:///path`.
 
     Returns:
         The running data plane.
 
     Raises:
-        ValueError: The configuration is invalid.
+        ValueError: The configuration is invalid, or `peer` is unusable.
         OSError: The socket cannot be bound.
 
     Example:
@@ -144,8 +170,10 @@ async def start_bridge(
     """
     task = parse_task_config(config)
     limits = limits or TransferLimits()
+    hub = PeerHub(DirectoryDiscovery(directory_roots(task)), peer or PeerSettings(), limits)
     factories: dict[str, TransportFactory] = {
         "mqtt": mqtt_transports(_broker_of(task, broker), limits),
+        "p2p": p2p_transports(hub),
         **(transports or {}),
     }
     bridge = Bridge(task, transports=factories, limits=limits)

@@ -1,4 +1,4 @@
-"""The seam between the channel logic and a wire: MQTT today, p2p gRPC next.
+"""The seam between the channel logic and a wire: MQTT (`mqtt`) or p2p gRPC (`p2p`).
 
 A `Transport` carries `flame.transport.v1.Frame`s for ONE end of ONE channel: it
 announces the end's presence to the other ends of the same job, channel and group,
