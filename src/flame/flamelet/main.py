@@ -22,6 +22,7 @@ import click
 from flame.agent.v1 import agent_service_pb2_grpc
 from flame.flamelet.agent import TASK_KEY_ENV, AgentSettings, TaskAgent
 from flame.flamelet.api import AgentApi
+from flame.flamelet.broker import BROKER_PASSWORD_ENV, BrokerCredentials, with_broker_credentials
 from flame.flamelet.retry import RetryPolicy
 from flame.flamelet.seam import load_dataplane
 from flame.flamelet.workdir import WorkArea, check_name
@@ -82,6 +83,17 @@ def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
     is_flag=True,
     help="pip-install the config's dependencies into <work-root>/<job>/venv and run with it.",
 )
+@click.option(
+    "--broker-username",
+    default="",
+    help="MQTT username of the data plane; {job} stands for the job id (default: anonymous). "
+    f"The password comes from ${BROKER_PASSWORD_ENV}.",
+)
+@click.option(
+    "--broker-ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA (PEM) of the MQTT broker's certificate: connect to it with TLS.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     job_id: str,
@@ -95,6 +107,8 @@ def main(
     python: str,
     stop_grace_seconds: float,
     install_dependencies: bool,
+    broker_username: str,
+    broker_ca_file: Path | None,
     log_level: str,
 ) -> None:
     """Run one task of a Flame job: wait for START_JOB, run the role code, report its end.
@@ -125,8 +139,11 @@ def main(
         stop_grace_seconds=stop_grace_seconds,
         install_dependencies=install_dependencies,
     )
+    credentials = BrokerCredentials(
+        broker_username, os.environ.pop(BROKER_PASSWORD_ENV, ""), broker_ca_file
+    )
     try:
-        exit_code = asyncio.run(_run(settings, notifier))
+        exit_code = asyncio.run(_run(settings, notifier, credentials))
     finally:
         if not keep_work_dir:
             area.remove()
@@ -140,7 +157,7 @@ def _client_tls(ca_file: Path | None, plaintext: bool) -> ClientTls | None:
     return None if plaintext else ClientTls(ca_file=ca_file)
 
 
-async def _run(settings: AgentSettings, notifier: str) -> int:
+async def _run(settings: AgentSettings, notifier: str, credentials: BrokerCredentials) -> int:
     _log.info(
         "flamelet started",
         extra={"job": settings.job_id, "task": settings.task_id, "work_root": settings.area.root},
@@ -156,7 +173,10 @@ async def _run(settings: AgentSettings, notifier: str) -> int:
             task_key=settings.task_key,
             policy=RetryPolicy(),
         )
-        agent = TaskAgent(settings, api, start_dataplane=load_dataplane())
+        starter = load_dataplane()
+        if starter is not None:
+            starter = with_broker_credentials(starter, credentials)
+        agent = TaskAgent(settings, api, start_dataplane=starter)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             stop = functools.partial(
