@@ -1,10 +1,14 @@
-"""Fixtures of the SDK tests: example task configurations and a fake data plane."""
+"""Fixtures of the SDK tests: example task configurations, a fake data plane, and
+a real mosquitto broker."""
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +18,7 @@ from flame.channel_manager import ChannelManager
 from flame.config import Config
 from tests.sdk.fake_dataplane import FakeDataPlane
 from tests.support.examples import EXAMPLES
+from tests.support.processes import free_port, wait_for_port
 
 HIER_TASKS = EXAMPLES / "hier_mnist/expected_tasks"
 TASK_ID = "5a2c0b8e9d3f4a1b6c7d8e9f0a1b2c3d4e5f6a7b"
@@ -58,3 +63,23 @@ def channel(manager: ChannelManager, dataplane: FakeDataPlane) -> Channel:
     for peer in PEERS:
         dataplane.add_end(CHANNEL, peer)
     return manager.join(CHANNEL)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[int]:
+    """A mosquitto broker on a free local port, anonymous, in memory."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
+    )
+    broker = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port, timeout=10, process=broker)
+        yield port
+    finally:
+        broker.terminate()
+        broker.wait(10)

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flame._dataplane_client import SOCKET_ENV
-from tests.support.processes import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -124,36 +121,16 @@ def task_config(role: str, broker_port: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[int]:
-    """A mosquitto broker on a free local port, anonymous, in memory."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
-    )
-    broker = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for_port(port, timeout=10, process=broker)
-        yield port
-    finally:
-        broker.terminate()
-        broker.wait(10)
-
-
 def write_role(folder: Path, role: str, body: str, broker_port: int) -> None:
     (folder / role).mkdir()
     (folder / role / "main.py").write_text(COMMON + body)
     (folder / role / "config.json").write_text(json.dumps(task_config(role, broker_port)))
 
 
-def start_role(folder: Path, role: str) -> subprocess.Popen[str]:
+def start_role(folder: Path, role: str, *args: str) -> subprocess.Popen[str]:
     env = {key: value for key, value in os.environ.items() if key != SOCKET_ENV}
     return subprocess.Popen(
-        [sys.executable, f"{role}/main.py", f"{role}/config.json"],
+        [sys.executable, f"{role}/main.py", f"{role}/config.json", *args],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
@@ -162,9 +139,9 @@ def start_role(folder: Path, role: str) -> subprocess.Popen[str]:
     )
 
 
-def finish(process: subprocess.Popen[str]) -> str:
+def finish(process: subprocess.Popen[str], timeout: float = 90) -> str:
     try:
-        output, _ = process.communicate(timeout=90)
+        output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
