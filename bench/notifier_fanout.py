@@ -8,8 +8,14 @@ the stream receiving the event. The baseline is the same fan-out on in-process
 asyncio queues, with neither gRPC nor a database. Prints one JSON object per
 measurement, then a table.
 
+With `--remote` a child process opens the streams, as subscribers on other hosts
+would: the notifier then has this process's core to itself rather than sharing
+it with a thousand stream readers. Receipt times cross the process boundary as
+`time.monotonic()`, one system-wide clock on Linux.
+
     python bench/notifier_fanout.py            # 1,000 streams, 5 rounds
     python bench/notifier_fanout.py --quick    # 200 streams, 3 rounds
+    python bench/notifier_fanout.py --remote   # streams opened by a child process
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,9 +102,20 @@ async def follow(
             measured.receive(index, time.perf_counter())
 
 
+def subscriber_names(streams: int) -> list[str]:
+    return [f"task/bench{index}" for index in range(streams)]
+
+
+def publish_request(subscribers: list[str], number: int) -> notify_service_pb2.PublishEventRequest:
+    return notify_service_pb2.PublishEventRequest(
+        subscribers=subscribers,
+        event=event_pb2.Event(type=event_pb2.Event.TYPE_START_JOB, job_id=f"job{number}"),
+    )
+
+
 async def notifier_fanout(notifier: Notifier, streams: int, rounds: int) -> dict[str, Any]:
     """Publish `rounds` events to `streams` subscribers; latencies and publish call times."""
-    subscribers = [f"task/bench{index}" for index in range(streams)]
+    subscribers = subscriber_names(streams)
     current: Round | None = None
     async with open_channel(notifier.address, tls=None) as channel:
         stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
@@ -110,10 +128,7 @@ async def notifier_fanout(notifier: Notifier, streams: int, rounds: int) -> dict
         # Round 0 warms up: it proves every stream open and is not counted.
         for number in range(rounds + 1):
             current = Round(time.perf_counter(), [0.0] * streams, done=asyncio.Event())
-            request = notify_service_pb2.PublishEventRequest(
-                subscribers=subscribers,
-                event=event_pb2.Event(type=event_pb2.Event.TYPE_START_JOB, job_id=f"job{number}"),
-            )
+            request = publish_request(subscribers, number)
             await stub.PublishEvent(request, timeout=ROUND_TIMEOUT)
             call_ms = (time.perf_counter() - current.started) * 1000
             await asyncio.wait_for(current.done.wait(), ROUND_TIMEOUT)  # type: ignore[union-attr]
@@ -127,6 +142,58 @@ async def notifier_fanout(notifier: Notifier, streams: int, rounds: int) -> dict
     return {"latencies": latencies, "calls": calls}
 
 
+async def follow_remotely(address: str, streams: int) -> None:
+    """The child of `--remote`: follow the streams and, once all have received an
+    event, print its cursor and receipt times as one JSON line."""
+    received: dict[int, list[float]] = {}
+
+    async def follow_one(stub: Any, subscriber: str) -> None:
+        request = notify_service_pb2.SubscribeEventsRequest(
+            subscriber=subscriber, heartbeat_seconds=60
+        )
+        async for response in stub.SubscribeEvents(request):
+            if response.HasField("event"):
+                times = received.setdefault(response.event.cursor, [])
+                times.append(time.monotonic())
+                if len(times) == streams:
+                    print(json.dumps({"cursor": response.event.cursor, "times": times}), flush=True)
+
+    async with open_channel(address, tls=None) as channel:
+        stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
+        await asyncio.gather(*(follow_one(stub, s) for s in subscriber_names(streams)))
+
+
+async def remote_fanout(notifier: Notifier, streams: int, rounds: int) -> dict[str, Any]:
+    """`notifier_fanout` with the streams in a child process (`follow_remotely`)."""
+    subscribers = subscriber_names(streams)
+    command = [sys.executable, __file__, "--follow", notifier.address, "--streams", str(streams)]
+    child = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    latencies: list[float] = []
+    calls: list[float] = []
+    try:
+        async with open_channel(notifier.address, tls=None) as channel:
+            stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
+            # Round 0 warms up: it proves every stream open and is not counted.
+            for number in range(rounds + 1):
+                started = time.monotonic()
+                response = await stub.PublishEvent(
+                    publish_request(subscribers, number), timeout=ROUND_TIMEOUT
+                )
+                call_ms = (time.monotonic() - started) * 1000
+                line = await asyncio.wait_for(child.stdout.readline(), ROUND_TIMEOUT)
+                receipt = json.loads(line)
+                assert receipt["cursor"] == response.events[0].cursor, "one round at a time"
+                if number:
+                    latencies += [(at - started) * 1000 for at in receipt["times"]]
+                    calls.append(call_ms)
+                await asyncio.sleep(0.5)
+    finally:
+        child.kill()
+        await child.wait()
+    return {"latencies": latencies, "calls": calls}
+
+
 async def store_publish_ms(store: EventStore, streams: int, rounds: int) -> float:
     """Median time of the publish transaction alone, for the same fan-out."""
     subscribers = [f"task/store{index}" for index in range(streams)]
@@ -134,16 +201,17 @@ async def store_publish_ms(store: EventStore, streams: int, rounds: int) -> floa
     times = []
     for _ in range(rounds):
         started = time.perf_counter()
-        await store.publish(subscribers, draft, origin="bench")
+        await store.publish(subscribers, draft)
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
 
 
-async def measure(uri: str, streams: int, rounds: int) -> dict[str, Any]:
+async def measure(uri: str, streams: int, rounds: int, remote: bool) -> dict[str, Any]:
     client, db = await open_database(uri, "bench")
     notifier = await start_notifier(db, ServerOptions())
+    fanout = remote_fanout if remote else notifier_fanout
     try:
-        measured = await notifier_fanout(notifier, streams, rounds)
+        measured = await fanout(notifier, streams, rounds)
         store_ms = await store_publish_ms(EventStore(db), streams, rounds)
     finally:
         await notifier.stop()
@@ -153,7 +221,12 @@ async def measure(uri: str, streams: int, rounds: int) -> dict[str, Any]:
     value, base = statistics.median(latencies), statistics.median(baseline)
     return {
         "name": "notifier_fanout_latency",
-        "params": {"streams": streams, "rounds": rounds, "database": "secantusdb"},
+        "params": {
+            "streams": streams,
+            "rounds": rounds,
+            "database": "secantusdb",
+            "subscribers": "child process" if remote else "this process",
+        },
         "value": round(value, 2),
         "unit": "ms",
         "p99": round(percentile(latencies, 0.99), 2),
@@ -171,10 +244,15 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="200 streams, 3 rounds")
+    parser.add_argument("--remote", action="store_true", help="streams in a child process")
+    parser.add_argument("--follow", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     streams, rounds = (200, 3) if args.quick else (args.streams, args.rounds)
+    if args.follow:
+        asyncio.run(follow_remotely(args.follow, streams))
+        return
     with tempfile.TemporaryDirectory() as tmp, secantus_server(Path(tmp) / "db") as uri:
-        result = asyncio.run(measure(uri, streams, rounds))
+        result = asyncio.run(measure(uri, streams, rounds, args.remote))
     print(json.dumps(result))
     print()
     print(

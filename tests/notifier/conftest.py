@@ -61,7 +61,7 @@ async def publish(
     stub: notify_service_pb2_grpc.NotifyServiceAsyncStub,
     subscribers: list[str],
     job_id: str = "job-1",
-    event_type: int = START_JOB,
+    event_type: event_pb2.Event.Type.ValueType = START_JOB,
 ) -> list[event_pb2.Event]:
     request = notify_service_pb2.PublishEventRequest(
         subscribers=subscribers, event=event_pb2.Event(type=event_type, job_id=job_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -170,7 +171,12 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
         ),
         (["task/a"], event_pb2.Event(job_id="j"), "EVENT_INVALID", ["event.type"]),
         (["task/a"], event_pb2.Event(type=START_JOB), "EVENT_INVALID", ["event.job_id"]),
-        (["task/a"], event_pb2.Event(type=42, job_id="j"), "EVENT_INVALID", ["event.type"]),
+        (
+            ["task/a"],
+            event_pb2.Event(type=event_pb2.Event.Type.ValueType(42), job_id="j"),
+            "EVENT_INVALID",
+            ["event.type"],
+        ),
     ],
 )
 async def test_invalid_publish_is_refused(
@@ -250,3 +256,87 @@ async def test_an_unreachable_database_answers_unavailable() -> None:
     finally:
         await running.stop()
         await client.close()
+
+
+async def test_cursors_skip_the_publishes_to_other_subscribers(stub: Stub) -> None:
+    for subscribers in (["task/a"], ["task/b"], ["task/a", "task/b"], ["task/b"], ["task/a"]):
+        await publish(stub, subscribers)
+    async with Subscription(stub, "task/a") as subscription:
+        assert await subscription.cursors(3) == [1, 3, 5]
+    # An acknowledgement between two cursors covers the lower one only.
+    await stub.AckEvents(notify_service_pb2.AckEventsRequest(subscriber="task/a", cursor=4))
+    async with Subscription(stub, "task/a") as subscription:
+        assert await subscription.cursors(1) == [5]
+    async with Subscription(stub, "task/b", after_cursor=2) as subscription:
+        assert await subscription.cursors(2) == [3, 4]
+
+
+async def test_a_heartbeat_after_the_backlog_names_the_last_stored_cursor(stub: Stub) -> None:
+    await publish(stub, ["task/a"])
+    await publish(stub, ["task/b"])
+    async with Subscription(stub, "task/a", after_cursor=1, heartbeat_seconds=1) as subscription:
+        assert (await subscription.next(timeout=3)).heartbeat.last_cursor == 1
+
+
+async def test_two_notifiers_publishing_at_once_deliver_every_event_in_order(
+    start: StartNotifier,
+) -> None:
+    notifiers = [await start() for _ in range(3)]
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = []
+        for notifier in notifiers:
+            channel = await stack.enter_async_context(open_channel(notifier.address, tls=None))
+            stubs.append(notify_service_pb2_grpc.NotifyServiceStub(channel))
+        streams = [
+            await stack.enter_async_context(Subscription(s, "task/a", heartbeat_seconds=1))
+            for s in stubs
+        ]
+        await asyncio.gather(*(s.next() for s in streams))  # all open
+
+        async def publish_many(publisher: Stub, subscriber: str) -> list[int]:
+            return [(await publish(publisher, ["task/a", subscriber]))[0].cursor for _ in range(15)]
+
+        # The third notifier only reads: it learns of both publishers' events by polling.
+        first, second = await asyncio.gather(
+            publish_many(stubs[0], "task/b"), publish_many(stubs[1], "task/c")
+        )
+        assert sorted(first + second) == list(range(1, 31))
+        for stream in streams:
+            assert await stream.cursors(30) == list(range(1, 31))
+        async with Subscription(stubs[2], "task/a") as replay:
+            assert await replay.cursors(30) == list(range(1, 31))
+
+
+async def test_a_restarted_notifier_replays_the_stored_events_and_goes_on(
+    start: StartNotifier,
+) -> None:
+    notifier = await start()
+    async with open_channel(notifier.address, tls=None) as channel:
+        stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
+        for subscribers in (["task/a"], ["task/b"], ["task/a", "task/b"]):
+            await publish(stub, subscribers)
+        await stub.AckEvents(notify_service_pb2.AckEventsRequest(subscriber="task/b", cursor=2))
+    await notifier.stop()
+
+    restarted = await start()
+    async with open_channel(restarted.address, tls=None) as channel:
+        stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
+        async with (
+            Subscription(stub, "task/a", heartbeat_seconds=1) as first,
+            Subscription(stub, "task/b", heartbeat_seconds=1) as second,
+        ):
+            assert await first.cursors(2) == [1, 3]
+            assert await second.cursors(1) == [3]
+            began = time.monotonic()
+            await publish(stub, ["task/b", "task/a"])
+            assert (await first.cursors(1), await second.cursors(1)) == ([4], [4])
+            assert time.monotonic() - began < 1
+
+
+async def test_an_event_too_large_to_store_is_refused(stub: Stub) -> None:
+    task_ids = ["t" * 1024] * (4 * 1024 + 1)
+    event = event_pb2.Event(type=START_JOB, job_id="j", task_ids=task_ids)
+    request = notify_service_pb2.PublishEventRequest(subscribers=["task/a"], event=event)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.PublishEvent(request, timeout=5)
+    assert request_error(raised.value) == (INVALID, "EVENT_INVALID", ["event"])

@@ -7,15 +7,18 @@ gRPC; `app` wires them to a server; `main` is the `flame-notifier` command;
 
 Delivery semantics, precisely:
 
-* Every event published to a subscriber is stored before PublishEvent returns,
-  under a cursor: 1, 2, 3, ... per subscriber, with no holes. A notifier restart
-  or crash loses no event whose PublishEvent returned.
+* An event is stored before PublishEvent returns, once for all its subscribers
+  (one document per publish, whatever their number), under a cursor: the
+  publish's number among all publishes on the database. A subscriber's cursors
+  are therefore strictly increasing but not consecutive. A notifier restart or
+  crash loses no event whose PublishEvent returned. Events are kept 7 days.
 * A stream delivers the subscriber's events in cursor order, starting after
   `after_cursor` when that is positive, else after the subscriber's acknowledged
   cursor, and then each new event as it is published by any notifier process on
   the same database (this process's at once, others' within a poll interval).
-* The acknowledged cursor only grows: AckEvents(N) marks 1..N handled. A stream
-  opened after it with `after_cursor` 0 starts at N + 1.
+  A cursor becomes visible only after every lower one, so no event is skipped.
+* The acknowledged cursor only grows: AckEvents(N) marks every event up to N
+  handled. A stream opened after it with `after_cursor` 0 starts after N.
 * Delivery is at least once: an event stays deliverable until acknowledged, so a
   subscriber that did not acknowledge (crash, broken stream) receives it again on
   its next stream. Cursors make it exactly once for a subscriber that remembers

@@ -76,7 +76,7 @@ async def start_notifier(
     store = EventStore(db)
     await store.prepare()
     hub = EventHub(store, poll_seconds=poll_seconds)
-    hub.start()
+    await hub.start()
     try:
         running = await start_server(notifier_services(store, hub), options)
     except BaseException:

@@ -1,47 +1,52 @@
 """Delivery of stored events to the open streams of this process.
 
-Every open stream has an inbox. A publish through this hub pushes the events it
-has just stored into the inboxes of their subscribers, so the streams deliver
-them without reading the database. Publishes by other notifier processes on the
-same database are found by a poller: every `poll_seconds` it reads the
-publications numbered after the last one it saw (one small indexed query,
-whatever the number of streams) and wakes the streams of the subscribers that
-others published to; those read what they miss from the database.
+The hub applies every publication of the database to its open streams, in `seq`
+order and once each: it pushes the event into the inbox of each open stream of
+each of the publication's subscribers, so that streams deliver without reading
+the database. `frontier` is the `seq` up to which it has applied them all.
 
-A stream delivers pushed events only when they continue its cursor run exactly;
-anything else (a gap, a wake-up by the poller, the backlog when it opens) is read
-from the database, which holds no holes and shows cursors in order (see `store`).
-Each heartbeat also checks the stream against the database, so that even a
-missed wake-up delays an event by one heartbeat interval at most.
+* A publish through this hub is applied as soon as it is stored, when its `seq`
+  follows the frontier. Otherwise another notifier published in between: the hub
+  holds it and polls at once for what it missed.
+* A poller reads the publications after the frontier every `poll_seconds` (one
+  small indexed query, whatever the number of streams) and applies them. The
+  store's `seq`s have no holes and become visible in order, so the poller never
+  steps over a publication that appears later.
+
+A stream reads the database only when it opens, and when it lost track: its
+inbox overflowed because it did not keep up. It then reads its events after its
+position, page by page; once a page is not full it has every event stored up to
+that read, and every later one is pushed to its inbox (see `_Inbox.catch_up`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from pymongo.errors import PyMongoError
 
-from flame.notifier.store import EventDraft, EventStore, StoredEvent
+from flame.notifier.store import EventDraft, EventStore, Publication, StoredEvent
 
 __all__ = ["EventHub", "Heartbeat"]
 
 _log = logging.getLogger(__name__)
 
-# Events read from the database per query; a full page means more may follow.
+# Events or publications read from the database per query; a full page means more may follow.
 _READ_LIMIT = 100
-# Pushed events an inbox keeps for a stream that does not keep up; later ones are
-# read from the database once it has caught up.
+# Pushed events an inbox keeps for a stream that does not keep up; once over, the
+# stream reads from the database until it has caught up.
 _MAX_PENDING = 1000
+# Own publications held while the poller fetches the ones before them. Beyond
+# this the poller delivers the rest too, only later.
+_MAX_HELD = 1000
 
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Sent on an idle stream: the last cursor published to its subscriber."""
+    """Sent on an idle stream: the last cursor stored for its subscriber."""
 
     last_cursor: int
 
@@ -53,35 +58,44 @@ class _Inbox:
         self.subscriber = subscriber
         # The last cursor the stream has delivered.
         self.position = position
+        # The last cursor stored for the subscriber, once known.
+        self.last_cursor: int | None = None
         self.pending: list[StoredEvent] = []
-        self.overflowed = False
+        # Whether `pending` holds every event after `position`: not until the
+        # stream has read its backlog, nor after an overflow.
+        self.in_sync = False
         self.woken = asyncio.Event()
-        # Woken from the start: the first round reads the backlog.
         self.woken.set()
 
     def offer(self, event: StoredEvent) -> None:
+        self.last_cursor = max(self.last_cursor or 0, event.cursor)
         if len(self.pending) < _MAX_PENDING:
             self.pending.append(event)
         else:
-            self.overflowed = True
+            self.in_sync = False
         self.woken.set()
 
     def take(self) -> list[StoredEvent]:
+        """The pushed events after `position`, in cursor order (the hub's order)."""
         taken, self.pending = self.pending, []
-        # After an overflow stay woken, so the next round reads the dropped events.
-        if not self.overflowed:
-            self.woken.clear()
-        self.overflowed = False
-        return sorted(taken, key=lambda event: event.cursor)
+        return [event for event in taken if event.cursor > self.position]
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait until woken, at most `timeout` seconds; False on timeout."""
-        try:
-            async with asyncio.timeout(max(timeout, 0)):
-                await self.woken.wait()
-        except TimeoutError:
-            return False
-        return True
+    async def catch_up(self, store: EventStore) -> list[StoredEvent]:
+        """Read the next page of events after `position` from the database."""
+        # Dropped before the read: each of them is stored, so this read or a later
+        # one returns it. Whatever is pushed from here on stays, duplicates of the
+        # read included (`take` skips them), so nothing stored after the read is lost,
+        # unless the inbox overflows meanwhile: `offer` then clears `in_sync` again.
+        self.pending.clear()
+        self.in_sync = True
+        events = await store.events_after(self.subscriber, self.position, _READ_LIMIT)
+        if len(events) == _READ_LIMIT:
+            self.in_sync = False
+        if not self.in_sync:
+            self.woken.set()
+        if events:
+            self.last_cursor = max(self.last_cursor or 0, events[-1].cursor)
+        return events
 
 
 class EventHub:
@@ -90,43 +104,51 @@ class EventHub:
     def __init__(
         self, store: EventStore, *, poll_seconds: float = 0.2, liveness_seconds: float = 10.0
     ) -> None:
-        """Read from `store`; poll it every `poll_seconds` for events published elsewhere
+        """Read from `store`; poll it every `poll_seconds` for publications made elsewhere
         and record the subscribers with open streams as seen every `liveness_seconds`."""
         self._store = store
         self._poll_seconds = poll_seconds
         self._liveness_seconds = liveness_seconds
-        # Names this process in the publication log, so its poller skips its own.
-        self._origin = uuid.uuid4().hex
         self._inboxes: dict[str, set[_Inbox]] = {}
-        self._closed = False
-        self._poller: asyncio.Task[None] | None = None
+        # None until `start`: nothing is applied before the hub knows where it starts.
+        self._frontier: int | None = None
+        self._held: dict[int, Publication] = {}
+        self._poll_now = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
-        """Start polling; call from the event loop that serves the streams."""
-        self._poller = asyncio.create_task(self._poll_forever())
+    async def start(self) -> None:
+        """Start applying publications; call from the event loop that serves the streams."""
+        self._frontier = await self._store.last_seq()
+        self._tasks = [
+            asyncio.create_task(self._poll_forever()),
+            asyncio.create_task(self._touch_forever()),
+        ]
 
     async def close(self) -> None:
-        """End every stream now and stop polling; streams opened later end at once."""
-        self._closed = True
+        """End every stream now and stop polling; streams opened later end at once.
+
+        Lets a database query in flight end (within the client's timeout) rather than
+        cancel it: a task cancelled inside a query (pymongo 4.20.1) was seen to hang
+        for good, and `close` with it.
+        """
+        self._closing.set()
+        self._poll_now.set()
         for inboxes in self._inboxes.values():
             for inbox in inboxes:
                 inbox.woken.set()
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        await asyncio.gather(*self._tasks)
 
     async def publish(self, subscribers: Sequence[str], draft: EventDraft) -> list[StoredEvent]:
         """Store `draft` for each of `subscribers`, then hand the events to their streams."""
-        events = await self._store.publish(subscribers, draft, origin=self._origin)
-        for event in events:
-            for inbox in self._inboxes.get(event.subscriber, ()):
-                inbox.offer(event)
-        return events
+        publications = await self._store.publish(subscribers, draft)
+        for publication in publications:
+            self._receive(publication)
+        return [event for publication in publications for event in publication.events()]
 
     async def follow(
         self, subscriber: str, after_cursor: int, heartbeat_seconds: float
-    ) -> AsyncIterator[StoredEvent | Heartbeat]:
+    ) -> AsyncGenerator[StoredEvent | Heartbeat, None]:
         """Yield the events of `subscriber` after `after_cursor` in cursor order, then new
         ones as they are published, and a heartbeat after each `heartbeat_seconds` idle.
 
@@ -146,14 +168,15 @@ class EventHub:
         loop = asyncio.get_running_loop()
         heartbeat_at = loop.time() + heartbeat_seconds
         while True:
-            woken = await inbox.wait(heartbeat_at - loop.time())
-            if self._closed:
+            woken = await _wait_for(inbox.woken, heartbeat_at - loop.time())
+            if self._closing.is_set():
                 return
             if not woken:
                 yield await self._heartbeat(inbox)
                 heartbeat_at = loop.time() + heartbeat_seconds
                 continue
-            events = await self._next_events(inbox)
+            inbox.woken.clear()
+            events = inbox.take() if inbox.in_sync else await inbox.catch_up(self._store)
             for event in events:
                 inbox.position = event.cursor
                 yield event
@@ -161,19 +184,13 @@ class EventHub:
                 heartbeat_at = loop.time() + heartbeat_seconds
 
     async def _heartbeat(self, inbox: _Inbox) -> Heartbeat:
-        last = await self._store.last_cursor(inbox.subscriber)
-        if last > inbox.position:
-            inbox.woken.set()  # a wake-up went missing: read from the database next
-        return Heartbeat(last)
-
-    async def _next_events(self, inbox: _Inbox) -> list[StoredEvent]:
-        pushed = [event for event in inbox.take() if event.cursor > inbox.position]
-        if pushed and _continues(pushed, inbox.position):
-            return pushed
-        events = await self._store.events_after(inbox.subscriber, inbox.position, _READ_LIMIT)
-        if len(events) == _READ_LIMIT:
-            inbox.woken.set()
-        return events
+        # Read once per stream at most: from then on every event of the subscriber
+        # passes through the inbox.
+        if inbox.last_cursor is None:
+            stored = await self._store.last_cursor(inbox.subscriber)
+            # An event pushed during the read may be newer than what it saw.
+            inbox.last_cursor = max(stored, inbox.last_cursor or 0)
+        return Heartbeat(inbox.last_cursor)
 
     def _forget(self, inbox: _Inbox) -> None:
         inboxes = self._inboxes[inbox.subscriber]
@@ -181,37 +198,72 @@ class EventHub:
         if not inboxes:
             del self._inboxes[inbox.subscriber]
 
+    def _receive(self, publication: Publication) -> None:
+        """Apply an own publication now if it follows the frontier, else once the
+        poller has applied those before it."""
+        if self._frontier is None or publication.seq <= self._frontier:
+            return
+        if len(self._held) < _MAX_HELD:
+            self._held[publication.seq] = publication
+        self._apply_held()
+        if self._held:
+            self._poll_now.set()
+
+    def _apply_held(self) -> None:
+        assert self._frontier is not None, "publications are held only once started"
+        self._held = {seq: p for seq, p in self._held.items() if seq > self._frontier}
+        while (publication := self._held.pop(self._frontier + 1, None)) is not None:
+            self._apply(publication)
+
+    def _apply(self, publication: Publication) -> None:
+        self._frontier = publication.seq
+        for subscriber in publication.subscribers:
+            for inbox in self._inboxes.get(subscriber, ()):
+                inbox.offer(publication.event_for(subscriber))
+
     async def _poll_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        touched_at = loop.time()
-        seen: int | None = None
         while True:
+            await _wait_for(self._poll_now, self._poll_seconds)
+            self._poll_now.clear()
+            if self._closing.is_set():
+                return
             try:
-                if seen is None:
-                    seen = await self._store.last_publication()
-                await asyncio.sleep(self._poll_seconds)
-                seen = await self._poll(seen)
-                if loop.time() - touched_at >= self._liveness_seconds:
-                    touched_at = loop.time()
-                    await self._store.touch(list(self._inboxes))
+                await self._poll()
             except PyMongoError as error:
                 # The streams go on with what this process publishes; the next round retries.
                 _log.warning("polling for events failed", extra={"error": str(error)})
-                await asyncio.sleep(self._poll_seconds)
 
-    async def _poll(self, seen: int) -> int:
-        """Wake the streams of subscribers that others published to after publication
-        `seen`; return the last publication number read."""
-        for publication in await self._store.publications_after(seen):
-            seen = publication.number
-            if publication.origin == self._origin:
-                continue
-            for subscriber in publication.subscribers:
-                for inbox in self._inboxes.get(subscriber, ()):
-                    inbox.woken.set()
-        return seen
+    async def _poll(self) -> None:
+        """Apply the publications after the frontier, page by page."""
+        while True:
+            assert self._frontier is not None, "the poller runs once started"
+            found = await self._store.publications_after(self._frontier, _READ_LIMIT)
+            for publication in found:
+                # An own publish may have moved the frontier while the query ran.
+                if publication.seq > self._frontier:
+                    self._apply(publication)
+            self._apply_held()
+            if len(found) < _READ_LIMIT:
+                return
+
+    async def _touch_forever(self) -> None:
+        # A task of its own: touching thousands of subscribers takes many queries,
+        # which must not delay the poller.
+        while True:
+            await _wait_for(self._closing, self._liveness_seconds)
+            if self._closing.is_set():
+                return
+            try:
+                await self._store.touch(list(self._inboxes))
+            except PyMongoError as error:
+                _log.warning("recording liveness failed", extra={"error": str(error)})
 
 
-def _continues(events: list[StoredEvent], position: int) -> bool:
-    """Whether `events` (sorted) are exactly the cursors following `position`."""
-    return all(event.cursor == position + offset for offset, event in enumerate(events, 1))
+async def _wait_for(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until `event` is set, at most `seconds`; False on timeout."""
+    try:
+        async with asyncio.timeout(max(seconds, 0)):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

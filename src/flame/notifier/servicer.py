@@ -11,7 +11,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from flame.notifier.hub import EventHub, Heartbeat
-from flame.notifier.store import CursorBeyondLast, EventDraft, EventStore, StoredEvent
+from flame.notifier.store import (
+    MAX_EVENT_BYTES,
+    CursorBeyondLast,
+    EventDraft,
+    EventStore,
+    StoredEvent,
+)
 from flame.notify.v1 import event_pb2, notify_service_pb2, notify_service_pb2_grpc
 from flame.rpc.errors import FieldViolation, InvalidArgument, Unavailable
 
@@ -41,7 +47,7 @@ class NotifyServicer(notify_service_pb2_grpc.NotifyServiceServicer):
     async def PublishEvent(
         self, request: notify_service_pb2.PublishEventRequest, context: Any
     ) -> notify_service_pb2.PublishEventResponse:
-        """Store the event once per subscriber and wake their streams."""
+        """Store the event for its subscribers and hand it to their open streams."""
         subscribers, draft = _parse_publish(request)
         with _database_errors():
             events = await self._hub.publish(subscribers, draft)
@@ -118,6 +124,10 @@ def _parse_event(event: event_pb2.Event) -> EventDraft:
         violations.append(FieldViolation("event.type", "must be a known type, not unspecified"))
     if not event.job_id:
         violations.append(FieldViolation("event.job_id", "must not be empty"))
+    # Bounds the publication document, which holds the event once (see `store`).
+    if event.ByteSize() > MAX_EVENT_BYTES:
+        why = f"must encode to at most {MAX_EVENT_BYTES} bytes"
+        violations.append(FieldViolation("event", why))
     if violations:
         raise InvalidArgument("EVENT_INVALID", "invalid event", violations=violations)
     return EventDraft(event_pb2.Event.Type.Name(event.type), event.job_id, tuple(event.task_ids))

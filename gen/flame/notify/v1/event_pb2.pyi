@@ -68,8 +68,9 @@ class Event(_message.Message):
     TASK_IDS_FIELD_NUMBER: _builtins.int
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
-    """Position of the event in its subscriber's stream: strictly increasing,
-    starting at 1. Output only.
+    """Position of the event in its subscriber's stream: positive and strictly
+    increasing; not necessarily consecutive (cursors number the publishes to all
+    subscribers). Output only.
     """
     subscriber: _builtins.str
     """The subscriber the event is for: `task/<task id>` or `compute/<compute id>`."""
@@ -79,7 +80,9 @@ class Event(_message.Message):
     """The job concerned."""
     @_builtins.property
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The tasks concerned, when the event is about some tasks of the job."""
+        """The tasks concerned, when the event is about some tasks of the job. The
+        event, these included, encodes to at most 4 MiB.
+        """
 
     @_builtins.property
     def publish_time(self) -> _timestamp_pb2.Timestamp:

@@ -26,10 +26,12 @@ if _version_not_supported:
 
 
 class NotifyServiceStub:
-    """Durable event delivery. Events are stored per subscriber; a subscriber reads
-    them as a server stream from a cursor and acknowledges what it has handled.
-    After a reconnect it receives, in order, every event after its last
-    acknowledged cursor. Idle streams carry heartbeats.
+    """Durable event delivery. A published event is stored once for all its
+    subscribers, under a cursor; a subscriber reads its events as a server stream
+    from a cursor and acknowledges what it has handled. A subscriber's cursors are
+    strictly increasing; not necessarily consecutive. After a reconnect it
+    receives, in order, every event after its last acknowledged cursor. Events are
+    kept 7 days after they were published. Idle streams carry heartbeats.
 
     ErrorInfo reasons (domain `flame.dev`): SUBSCRIBER_INVALID, EVENT_INVALID,
     CURSOR_INVALID.
@@ -59,10 +61,12 @@ class NotifyServiceStub:
 
 
 class NotifyServiceServicer:
-    """Durable event delivery. Events are stored per subscriber; a subscriber reads
-    them as a server stream from a cursor and acknowledges what it has handled.
-    After a reconnect it receives, in order, every event after its last
-    acknowledged cursor. Idle streams carry heartbeats.
+    """Durable event delivery. A published event is stored once for all its
+    subscribers, under a cursor; a subscriber reads its events as a server stream
+    from a cursor and acknowledges what it has handled. A subscriber's cursors are
+    strictly increasing; not necessarily consecutive. After a reconnect it
+    receives, in order, every event after its last acknowledged cursor. Events are
+    kept 7 days after they were published. Idle streams carry heartbeats.
 
     ErrorInfo reasons (domain `flame.dev`): SUBSCRIBER_INVALID, EVENT_INVALID,
     CURSOR_INVALID.
@@ -83,7 +87,8 @@ class NotifyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AckEvents(self, request, context):
-        """Acknowledges every event of a subscriber up to and including a cursor.
+        """Acknowledges every event of a subscriber up to and including a cursor,
+        which must not exceed the subscriber's last stored cursor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,10 +121,12 @@ def add_NotifyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NotifyService:
-    """Durable event delivery. Events are stored per subscriber; a subscriber reads
-    them as a server stream from a cursor and acknowledges what it has handled.
-    After a reconnect it receives, in order, every event after its last
-    acknowledged cursor. Idle streams carry heartbeats.
+    """Durable event delivery. A published event is stored once for all its
+    subscribers, under a cursor; a subscriber reads its events as a server stream
+    from a cursor and acknowledges what it has handled. A subscriber's cursors are
+    strictly increasing; not necessarily consecutive. After a reconnect it
+    receives, in order, every event after its last acknowledged cursor. Events are
+    kept 7 days after they were published. Idle streams carry heartbeats.
 
     ErrorInfo reasons (domain `flame.dev`): SUBSCRIBER_INVALID, EVENT_INVALID,
     CURSOR_INVALID.

@@ -27,10 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class NotifyServiceStub:
-    """Durable event delivery. Events are stored per subscriber; a subscriber reads
-    them as a server stream from a cursor and acknowledges what it has handled.
-    After a reconnect it receives, in order, every event after its last
-    acknowledged cursor. Idle streams carry heartbeats.
+    """Durable event delivery. A published event is stored once for all its
+    subscribers, under a cursor; a subscriber reads its events as a server stream
+    from a cursor and acknowledges what it has handled. A subscriber's cursors are
+    strictly increasing; not necessarily consecutive. After a reconnect it
+    receives, in order, every event after its last acknowledged cursor. Events are
+    kept 7 days after they were published. Idle streams carry heartbeats.
 
     ErrorInfo reasons (domain `flame.dev`): SUBSCRIBER_INVALID, EVENT_INVALID,
     CURSOR_INVALID.
@@ -45,14 +47,18 @@ class NotifyServiceStub:
     SubscribeEvents: _grpc.UnaryStreamMultiCallable[_notify_service_pb2.SubscribeEventsRequest, _notify_service_pb2.SubscribeEventsResponse]
     """Streams a subscriber's events after a cursor, then new ones as they come."""
     AckEvents: _grpc.UnaryUnaryMultiCallable[_notify_service_pb2.AckEventsRequest, _notify_service_pb2.AckEventsResponse]
-    """Acknowledges every event of a subscriber up to and including a cursor."""
+    """Acknowledges every event of a subscriber up to and including a cursor,
+    which must not exceed the subscriber's last stored cursor.
+    """
 
 @_typing.type_check_only
 class NotifyServiceAsyncStub(NotifyServiceStub):
-    """Durable event delivery. Events are stored per subscriber; a subscriber reads
-    them as a server stream from a cursor and acknowledges what it has handled.
-    After a reconnect it receives, in order, every event after its last
-    acknowledged cursor. Idle streams carry heartbeats.
+    """Durable event delivery. A published event is stored once for all its
+    subscribers, under a cursor; a subscriber reads its events as a server stream
+    from a cursor and acknowledges what it has handled. A subscriber's cursors are
+    strictly increasing; not necessarily consecutive. After a reconnect it
+    receives, in order, every event after its last acknowledged cursor. Events are
+    kept 7 days after they were published. Idle streams carry heartbeats.
 
     ErrorInfo reasons (domain `flame.dev`): SUBSCRIBER_INVALID, EVENT_INVALID,
     CURSOR_INVALID.
@@ -64,13 +70,17 @@ class NotifyServiceAsyncStub(NotifyServiceStub):
     SubscribeEvents: _aio.UnaryStreamMultiCallable[_notify_service_pb2.SubscribeEventsRequest, _notify_service_pb2.SubscribeEventsResponse]  # type: ignore[assignment]
     """Streams a subscriber's events after a cursor, then new ones as they come."""
     AckEvents: _aio.UnaryUnaryMultiCallable[_notify_service_pb2.AckEventsRequest, _notify_service_pb2.AckEventsResponse]  # type: ignore[assignment]
-    """Acknowledges every event of a subscriber up to and including a cursor."""
+    """Acknowledges every event of a subscriber up to and including a cursor,
+    which must not exceed the subscriber's last stored cursor.
+    """
 
 class NotifyServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Durable event delivery. Events are stored per subscriber; a subscriber reads
-    them as a server stream from a cursor and acknowledges what it has handled.
-    After a reconnect it receives, in order, every event after its last
-    acknowledged cursor. Idle streams carry heartbeats.
+    """Durable event delivery. A published event is stored once for all its
+    subscribers, under a cursor; a subscriber reads its events as a server stream
+    from a cursor and acknowledges what it has handled. A subscriber's cursors are
+    strictly increasing; not necessarily consecutive. After a reconnect it
+    receives, in order, every event after its last acknowledged cursor. Events are
+    kept 7 days after they were published. Idle streams carry heartbeats.
 
     ErrorInfo reasons (domain `flame.dev`): SUBSCRIBER_INVALID, EVENT_INVALID,
     CURSOR_INVALID.
@@ -98,6 +108,8 @@ class NotifyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notify_service_pb2.AckEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notify_service_pb2.AckEventsResponse, _abc.Awaitable[_notify_service_pb2.AckEventsResponse]]:
-        """Acknowledges every event of a subscriber up to and including a cursor."""
+        """Acknowledges every event of a subscriber up to and including a cursor,
+        which must not exceed the subscriber's last stored cursor.
+        """
 
 def add_NotifyServiceServicer_to_server(servicer: NotifyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,75 @@
+"""EventHub on a real database: streams that fall behind, publishes interleaved across hubs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+
+from flame.notifier import hub as hub_module
+from flame.notifier.hub import EventHub, Heartbeat
+from flame.notifier.store import EventDraft, EventStore, StoredEvent
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+Document = dict[str, Any]
+DRAFT = EventDraft("TYPE_START_JOB", "job-1")
+
+
+@pytest.fixture
+async def hubs(database: AsyncDatabase[Document]) -> AsyncIterator[list[EventHub]]:
+    """Two started hubs on one database, polling only when told to (every 30 s)."""
+    store = EventStore(database)
+    await store.prepare()
+    started = [EventHub(store, poll_seconds=30) for _ in range(2)]
+    for hub in started:
+        await hub.start()
+    yield started
+    for hub in started:
+        await hub.close()
+
+
+async def next_event(stream: AsyncIterator[StoredEvent | Heartbeat]) -> StoredEvent:
+    async with asyncio.timeout(2):
+        while True:
+            item = await anext(stream)
+            if isinstance(item, StoredEvent):
+                return item
+
+
+async def test_a_stream_that_fell_behind_reads_the_rest_in_order(
+    hubs: list[EventHub], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_module, "_MAX_PENDING", 3)
+    hub = hubs[0]
+    async with contextlib.aclosing(hub.follow("task/a", 0, heartbeat_seconds=60)) as stream:
+        first = asyncio.ensure_future(next_event(stream))
+        await hub.publish(["task/a"], DRAFT)
+        assert (await first).cursor == 1
+        # Not read meanwhile: three are pushed, the others dropped from the inbox.
+        for subscribers in (["task/a"], ["task/b"]) * 5:
+            await hub.publish(subscribers, DRAFT)
+        assert [(await next_event(stream)).cursor for _ in range(5)] == [2, 4, 6, 8, 10]
+        await hub.publish(["task/a"], DRAFT)
+        assert (await next_event(stream)).cursor == 12
+
+
+async def test_a_publish_after_another_hubs_is_delivered_without_waiting_for_the_poll(
+    hubs: list[EventHub],
+) -> None:
+    mine, other = hubs
+    async with contextlib.aclosing(mine.follow("task/a", 0, heartbeat_seconds=60)) as stream:
+        waiting = asyncio.ensure_future(next_event(stream))
+        await asyncio.sleep(0.1)  # the stream has read its (empty) backlog
+        began = time.monotonic()
+        await other.publish(["task/a"], DRAFT)
+        await mine.publish(["task/a"], DRAFT)
+        # Seq 2 does not follow this hub's frontier (0): it fetches seq 1 at once.
+        assert (await waiting).cursor == 1
+        assert (await next_event(stream)).cursor == 2
+        assert time.monotonic() - began < 1
