@@ -33,8 +33,11 @@ def chunks_sent(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
 
 
 async def progress(sender: Task) -> float:
-    """The acknowledged share of the sender's one transfer."""
-    (transfer,) = sender.plane.bridge.joined(CHANNEL).pending_transfers()
+    """The acknowledged share of the sender's one transfer (0 before it starts)."""
+    transfers = sender.plane.bridge.joined(CHANNEL).pending_transfers()
+    if not transfers:
+        return 0.0
+    (transfer,) = transfers
     return transfer.acked / transfer.frames
 
 
@@ -47,7 +50,8 @@ async def test_a_transfer_survives_a_broker_restart(
     await trainer.await_ends([aggregator.id])
     await aggregator.await_ends([trainer.id])
     data = payload(100 * MIB, seed=11)
-    await trainer.send(data, [aggregator.id])
+    # The bridge sends while the bytes stream in: watch the transfer during the upload.
+    sending = asyncio.create_task(trainer.send(data, [aggregator.id]))
 
     async with asyncio.timeout(20):
         while (done := await progress(trainer)) < 0.15:
@@ -57,6 +61,7 @@ async def test_a_transfer_survives_a_broker_restart(
     await asyncio.sleep(1.0)
     mosquitto.start()
     began = time.monotonic()
+    await sending
 
     received = await aggregator.receive([trainer.id], timeout=40)
     assert received is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -308,3 +309,68 @@ async def test_a_broadcast_is_acknowledged_by_each_receiver() -> None:
     finally:
         for channel in [aggregator, *trainers]:
             await channel.abort()
+
+
+def streaming(payload: bytes, pieces: int, message_id: str = "m1") -> tuple[Outgoing, list[bytes]]:
+    """A message taken before its bytes, and its bytes cut unevenly (not on chunks)."""
+    outgoing = Outgoing.streaming(message_id, len(payload), False, LIMITS.chunk_bytes)
+    cuts = sorted(random.Random(1).sample(range(1, len(payload)), pieces - 1))
+    bounds = [0, *cuts, len(payload)]
+    return outgoing, [payload[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+async def test_a_message_is_sent_while_its_bytes_stream_in(ends: Ends) -> None:
+    payload = data()
+    outgoing, pieces = streaming(payload, 7)
+    (transfer,) = ends.trainer.send(outgoing, ["a1"])
+    for piece in pieces[:-1]:
+        outgoing.write(piece)
+        await asyncio.sleep(0.01)
+    # Whole chunks went out already; the last one waits for the digest.
+    sent = ends.network.chunks_sent
+    assert 0 < len(sent) < outgoing.total_chunks and not outgoing.complete
+    assert await ends.aggregator.receive(None, no_wait=True) is None
+    outgoing.write(pieces[-1])
+    outgoing.finish(hashlib.sha256(payload).hexdigest())
+    got = await received(ends.aggregator)
+    assert got.data == payload and got.sha256 == hashlib.sha256(payload).hexdigest()
+    assert await asyncio.wait_for(transfer.delivered, 5) is True
+
+
+async def test_an_abandoned_upload_is_never_delivered(ends: Ends) -> None:
+    payload = data()
+    outgoing, pieces = streaming(payload, 3)
+    (transfer,) = ends.trainer.send(outgoing, ["a1"])
+    outgoing.write(pieces[0])
+    outgoing.write(pieces[1])
+    await asyncio.sleep(0.05)
+    outgoing.abandon()
+    assert await asyncio.wait_for(transfer.delivered, 5) is False
+    # The next message replaces the unfinished one; nothing of the first arrives.
+    second = data(seed=2)
+    send(ends.trainer, "a1", second, "m2")
+    got = await received(ends.aggregator)
+    assert (got.message_id, bytes(got.data)) == ("m2", second)
+    assert await ends.aggregator.receive(None, no_wait=True) is None
+
+
+async def test_a_wrong_digest_on_the_last_chunk_is_corrupt_then_resent(ends: Ends) -> None:
+    payload = data()
+    outgoing, pieces = streaming(payload, 4)
+    (transfer,) = ends.trainer.send(outgoing, ["a1"])
+    for piece in pieces:
+        outgoing.write(piece)
+    outgoing.finish(hashlib.sha256(b"something else").hexdigest())
+    await asyncio.sleep(0.2)
+    assert await ends.aggregator.receive(None, no_wait=True) is None
+    assert transfer.corrupt >= 1
+
+
+def test_pieces_of_a_streamed_message_are_its_chunks() -> None:
+    payload = data(10 * 1024 + 3)
+    outgoing, pieces = streaming(payload, 9)
+    for piece in pieces:
+        outgoing.write(piece)
+    chunks = [outgoing.piece(i) for i in range(outgoing.total_chunks)]
+    assert b"".join(chunks) == payload
+    assert all(len(c) == LIMITS.chunk_bytes for c in chunks[:-1])

@@ -154,3 +154,19 @@ def test_encode_chunk_reassemble_decode() -> None:
     decoded = decode(frame)
     assert_same(decoded, message)
     assert np.shares_memory(decoded["weights"]["b"], np.frombuffer(frame, np.uint8))
+
+
+def test_a_digest_announced_late_is_checked_at_the_end() -> None:
+    data = bytes(range(256)) * 10
+    chunks = [data[i : i + 1000] for i in range(0, len(data), 1000)]
+    reassembler = Reassembler("m", len(data), len(chunks), "")
+    for sequence, chunk in enumerate(chunks):
+        reassembler.add(sequence, chunk)
+    with pytest.raises(ChunkError, match="lacks its digest"):
+        reassembler.result()
+    with pytest.raises(ChunkError):
+        reassembler.announce_digest("not hex")
+    reassembler.announce_digest(sha(data))
+    assert reassembler.result() == data
+    with pytest.raises(ChunkError, match="another digest"):
+        reassembler.announce_digest(sha(b"other"))

@@ -91,7 +91,8 @@ class Reassembler:
         message_id: The sender-unique message id.
         total_size: Size of the message in bytes.
         total_chunks: Number of chunks.
-        sha256: Lowercase hex SHA-256 of the message.
+        sha256: Lowercase hex SHA-256 of the message, or empty when it is announced
+            later (`announce_digest`), before `result()`.
         max_message_bytes: The largest `total_size` accepted.
 
     Raises:
@@ -116,6 +117,22 @@ class Reassembler:
         self._digest = hashlib.sha256()
         self._written = 0
         self._next = 0
+
+    @property
+    def sha256(self) -> str:
+        """The announced digest; empty while not announced yet."""
+        return self._sha256
+
+    def announce_digest(self, sha256: str) -> None:
+        """Set the digest of a message announced without one.
+
+        Raises:
+            ChunkError: It is no lowercase hex SHA-256, or contradicts the announced one.
+        """
+        _check_digest(sha256)
+        if self._sha256 and self._sha256 != sha256:
+            raise ChunkError(f"message {self.message_id!r} announced another digest")
+        self._sha256 = sha256
 
     @property
     def next_sequence(self) -> int:
@@ -164,6 +181,8 @@ class Reassembler:
         """
         if not self.complete:
             raise ChunkError(f"message {self.message_id!r} lacks chunks from {self._next}")
+        if not self._sha256:
+            raise ChunkError(f"message {self.message_id!r} lacks its digest")
         if self._digest.hexdigest() != self._sha256:
             raise ChunkError(f"message {self.message_id!r} does not match its digest")
         return self._buffer
@@ -187,5 +206,10 @@ def _check_announcement(
         raise ChunkError(f"message size {total_size} is outside [0, {max_message_bytes}]")
     if not 0 <= total_chunks <= total_size or (total_chunks == 0) != (total_size == 0):
         raise ChunkError(f"{total_chunks} chunks cannot carry {total_size} bytes")
+    if sha256:
+        _check_digest(sha256)
+
+
+def _check_digest(sha256: str) -> None:
     if len(sha256) != 64 or not _HEX_DIGITS.issuperset(sha256):
         raise ChunkError(f"{sha256!r} is not a lowercase hex SHA-256")

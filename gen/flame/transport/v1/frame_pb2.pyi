@@ -152,7 +152,12 @@ class Chunk(_message.Message):
     total_size: _builtins.int
     """Size of the whole message in bytes."""
     sha256: _builtins.str
-    """Lowercase hex SHA-256 of the whole message."""
+    """Lowercase hex SHA-256 of the whole message. A sender that starts sending
+    before it has the whole message leaves it empty until it has: it is always
+    set on the last chunk, which is sent only once every byte is in. A receiver
+    never completes a message without it, and drops a chunk whose non-empty
+    digest differs from the one already announced.
+    """
     data: _builtins.bytes
     """The chunk's bytes."""
     broadcast: _builtins.bool

@@ -73,11 +73,22 @@ class _Incoming:
 
     def announces_the_same(self, chunk: frame_pb2.Chunk) -> bool:
         first = self.chunk
-        return (first.total_size, first.total_chunks, first.sha256) == (
+        return (first.total_size, first.total_chunks) == (
             chunk.total_size,
             chunk.total_chunks,
-            chunk.sha256,
-        )
+        ) and (not first.sha256 or not chunk.sha256 or first.sha256 == chunk.sha256)
+
+    def learn_digest(self, chunk: frame_pb2.Chunk) -> bool:
+        """Take the digest from a chunk of a message announced without one (a sender
+        that streams the message before it has all of it); False when invalid."""
+        if not chunk.sha256 or self.chunk.sha256:
+            return True
+        try:
+            self.reassembler.announce_digest(chunk.sha256)
+        except ChunkError:
+            return False
+        self.chunk.sha256 = chunk.sha256
+        return True
 
 
 class RecentIds:
@@ -135,7 +146,7 @@ class Inbox:
             # A sender moves on only after the completion; an unfinished message
             # it replaced was abandoned.
             incoming = self._start(chunk)
-        elif not incoming.announces_the_same(chunk):
+        elif not incoming.announces_the_same(chunk) or not incoming.learn_digest(chunk):
             _log.warning("dropped a chunk contradicting its message", extra=_where(chunk))
             return
         if incoming is not None:

@@ -23,10 +23,11 @@ dropped too: every transfer ends.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flame.flamelet.dataplane.settings import TransferLimits
 from flame.flamelet.dataplane.transport import Endpoint, NotConnected
@@ -43,12 +44,21 @@ Publish = Callable[[str, frame_pb2.Frame], Awaitable[None]]
 class Outgoing:
     """One message taken for delivery, shared by its transfers.
 
+    A message may be taken while its bytes still stream in from the role code
+    (`streaming`): its transfers send each chunk as soon as it is whole, and the last
+    chunk only once every byte is in and the digest is known (`finish`), so a
+    receiver can never complete a message whose upload failed (`abandon`).
+
     Attributes:
         message_id: Sender-unique id.
-        data: The message bytes; never modified once taken.
-        sha256: Their lowercase hex SHA-256.
+        data: The message bytes, never modified; empty for a streaming message,
+            which keeps its pieces as they came instead.
+        sha256: Their lowercase hex SHA-256; empty until `complete`.
         broadcast: Whether the message goes to every end.
         chunk_bytes: Size of its chunks.
+        filled: How many bytes are in.
+        complete: Every byte is in and `sha256` is known.
+        abandoned: The upload failed: the message must not be delivered.
     """
 
     message_id: str
@@ -56,11 +66,102 @@ class Outgoing:
     sha256: str
     broadcast: bool
     chunk_bytes: int
+    complete: bool = True
+    size: int = -1
+    filled: int = field(init=False)
+    abandoned: bool = field(init=False, default=False)
+    _transfers: list[Transfer] = field(init=False, default_factory=list)
+    _ready: int = field(init=False)
+
+    # A streaming message keeps the pieces as they came, not copied into `data`.
+    _segments: list[bytes] = field(init=False, default_factory=list)
+    _offsets: list[int] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.data)
+        self.filled = self.size if self.complete else 0
+        self._ready = self.ready_frames()
+
+    @classmethod
+    def streaming(cls, message_id: str, size: int, broadcast: bool, chunk_bytes: int) -> Outgoing:
+        """A message of `size` bytes still to be written in order (`write`)."""
+        return cls(message_id, bytearray(), "", broadcast, chunk_bytes, complete=False, size=size)
 
     @property
     def total_chunks(self) -> int:
         """Number of chunks; none for an empty message."""
-        return -(-len(self.data) // self.chunk_bytes)
+        return -(-self.size // self.chunk_bytes)
+
+    def ready_frames(self) -> int:
+        """How many frames can be sent now: the whole chunks in, but never the last
+        one (which carries the digest) before the message is complete."""
+        if self.complete:
+            return max(self.total_chunks, 1)
+        return max(min(self.filled // self.chunk_bytes, self.total_chunks - 1), 0)
+
+    def write(self, chunk: bytes) -> None:
+        """Append the next bytes of a streaming message; kept, not copied.
+
+        Raises:
+            ValueError: They do not fit the announced size.
+        """
+        end = self.filled + len(chunk)
+        if end > self.size:
+            raise ValueError(f"more bytes than the size {self.size}")
+        if chunk:
+            self._segments.append(chunk)
+            self._offsets.append(self.filled)
+        self.filled = end
+        if (ready := self.ready_frames()) != self._ready:
+            self._ready = ready
+            self._wake()
+
+    def finish(self, sha256: str) -> None:
+        """Every byte is in: `sha256` is their digest; the last chunk may go."""
+        self.sha256 = sha256
+        self.complete = True
+        self._ready = self.ready_frames()
+        now = asyncio.get_running_loop().time()
+        for transfer in self._transfers:
+            # Waiting for the role code's bytes was no lack of progress.
+            transfer.progressed_at = now
+        self._wake()
+
+    def abandon(self) -> None:
+        """The upload failed: give up every transfer of the message."""
+        self.abandoned = True
+        self._wake()
+
+    def piece(self, sequence: int) -> bytes:
+        """The bytes of chunk `sequence`: a piece as it came when it is one, no copy."""
+        start = sequence * self.chunk_bytes
+        end = min(start + self.chunk_bytes, self.size)
+        if not self._segments:
+            return bytes(memoryview(self.data)[start:end])
+        index = bisect.bisect_right(self._offsets, start) - 1
+        segment, offset = self._segments[index], self._offsets[index]
+        if offset == start and len(segment) == end - start:
+            return segment
+        parts = []
+        while start < end:
+            segment, offset = self._segments[index], self._offsets[index]
+            stop = min(end, offset + len(segment))
+            parts.append(memoryview(segment)[start - offset : stop - offset])
+            start, index = stop, index + 1
+        return b"".join(parts)
+
+    def attach(self, transfer: Transfer) -> None:
+        """Wake `transfer` whenever more of the message can be sent."""
+        if not self.complete and not self.abandoned:
+            self._transfers.append(transfer)
+
+    def _wake(self) -> None:
+        for transfer in self._transfers:
+            transfer.progress.set()
+        if self.complete or self.abandoned:
+            # Nothing more to wake them for; and no reference cycle keeps the bytes.
+            self._transfers.clear()
 
 
 class Transfer:
@@ -77,6 +178,7 @@ class Transfer:
         self.delivered: asyncio.Future[bool] = loop.create_future()
         # When the receiver last acknowledged anything new (loop time).
         self.progressed_at = loop.time()
+        message.attach(self)
 
     @property
     def frames(self) -> int:
@@ -115,7 +217,6 @@ class Transfer:
     def frame(self, sender_id: str, channel: str, sequence: int) -> frame_pb2.Frame:
         """The chunk frame `sequence` of the message."""
         m = self.message
-        start = sequence * m.chunk_bytes
         frame = frame_pb2.Frame()
         chunk = frame.chunk
         chunk.sender_id = sender_id
@@ -123,9 +224,9 @@ class Transfer:
         chunk.message_id = m.message_id
         chunk.sequence = sequence
         chunk.total_chunks = m.total_chunks
-        chunk.total_size = len(m.data)
+        chunk.total_size = m.size
         chunk.sha256 = m.sha256
-        chunk.data = bytes(memoryview(m.data)[start : start + m.chunk_bytes])
+        chunk.data = m.piece(sequence)
         chunk.broadcast = m.broadcast
         return frame
 
@@ -221,6 +322,8 @@ class Outbox:
     async def _deliver(self, transfer: Transfer) -> bool:
         transfer.progressed_at = asyncio.get_running_loop().time()
         while not transfer.delivered.done():
+            if transfer.message.abandoned:
+                return False
             if reason := self._give_up(transfer):
                 _log.warning("gave up a transfer: %s", reason, extra=self._where(transfer))
                 return False
@@ -231,7 +334,9 @@ class Outbox:
                 async with asyncio.timeout(self._limits.stall_seconds):
                     await transfer.progress.wait()
             except TimeoutError:
-                transfer.rewind()
+                if transfer.acked < transfer.message.ready_frames():
+                    transfer.rewind()
+                # Else every frame that can go was acknowledged: it waits for bytes.
         return transfer.delivered.result()
 
     def _give_up(self, transfer: Transfer) -> str:
@@ -241,14 +346,19 @@ class Outbox:
         away = self._away.get(transfer.receiver_id)
         if away is not None and now - away > limits.leave_grace_seconds:
             return "the receiver left and did not come back"
-        if now - transfer.progressed_at > limits.progress_timeout_seconds:
+        if (
+            transfer.message.complete
+            and now - transfer.progressed_at > limits.progress_timeout_seconds
+        ):
             return f"nothing was acknowledged for {limits.progress_timeout_seconds} s"
         return ""
 
     async def _send_window(self, transfer: Transfer) -> None:
         e = self._endpoint
+        message = transfer.message
         while (
-            transfer.next < transfer.frames
+            transfer.next < message.ready_frames()
+            and not message.abandoned
             and transfer.next - transfer.acked < self._limits.window_chunks
             and not transfer.delivered.done()
         ):

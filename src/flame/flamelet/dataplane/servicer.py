@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,6 +24,13 @@ from flame.flamelet.dataplane.outbox import Outgoing, Transfer
 __all__ = ["ChannelServicer"]
 
 pb = channel_service_pb2
+# A message this large leaves a heap worth trimming once freed.
+_TRIM_BYTES = 16 * 1024 * 1024
+_TRIM_AGAIN_SECONDS = (0.02, 0.2)
+try:
+    _malloc_trim: Callable[[int], int] | None = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # Not glibc.
+    _malloc_trim = None
 # Deadlines this far away are no deadline at all.
 _NO_DEADLINE_SECONDS = 1e8
 
@@ -85,19 +94,19 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
         # Wait for room before reading any byte: the client's stream then backs up.
         await budget.acquire(size)
         try:
-            data, digest = await _body(requests, size)
-            if header.sha256 and header.sha256.lower() != digest:
-                raise errors.message_invalid("the bytes do not match the header's sha256")
-            message = Outgoing(
-                message_id, data, digest, header.broadcast, self._bridge.limits.chunk_bytes
+            # The transfers start at once and send each chunk as soon as it is in;
+            # the last one waits for every byte and the digest (see `Outgoing`).
+            message = Outgoing.streaming(
+                message_id, size, header.broadcast, self._bridge.limits.chunk_bytes
             )
-            # Again: ends may have come or gone while the bytes streamed in.
-            receivers = channel.receivers(header.end_ids, header.broadcast)
             transfers = channel.send(message, receivers)
         except BaseException:
             budget.release(size)
             raise
-        _release_when_settled(transfers, lambda: budget.release(size))
+        try:
+            await _body(requests, message, header.sha256)
+        finally:
+            _release_when_settled(transfers, lambda: _released(budget.release, size))
         return pb.SendMessageResponse(message_id=message_id, end_ids=receivers)
 
     async def ReceiveMessage(
@@ -120,6 +129,9 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
             channel, message, request.peek, self._bridge.limits.receive_chunk_bytes
         ):
             yield response
+        if not request.peek and len(message.data) >= _TRIM_BYTES:
+            del message
+            _trim_heap()
 
     def _checked_size(self, size: int) -> int:
         limit = self._bridge.limits.max_message_bytes
@@ -137,23 +149,32 @@ async def _header(requests: AsyncIterator[pb.SendMessageRequest]) -> channel_pb2
     return first.header
 
 
-async def _body(requests: AsyncIterator[pb.SendMessageRequest], size: int) -> tuple[bytearray, str]:
-    """Read the chunks into one buffer of the announced size, hashing as they come."""
-    data = bytearray(size)
+async def _body(
+    requests: AsyncIterator[pb.SendMessageRequest], message: Outgoing, announced: str
+) -> None:
+    """Write the chunks into `message` as they come, hashing them; complete it at the
+    end, or abandon it (its transfers then give up) when the stream is invalid or
+    breaks."""
     digest = hashlib.sha256()
-    offset = 0
-    async for request in requests:
-        if not request.HasField("chunk"):
-            raise errors.message_invalid("only the first message of the stream is a header")
-        chunk = request.chunk
-        if offset + len(chunk) > size:
-            raise errors.message_invalid(f"more bytes than the total_size {size}")
-        data[offset : offset + len(chunk)] = chunk
-        digest.update(chunk)
-        offset += len(chunk)
-    if offset != size:
-        raise errors.message_invalid(f"{offset} bytes streamed, total_size says {size}")
-    return data, digest.hexdigest()
+    size = message.size
+    try:
+        async for request in requests:
+            if not request.HasField("chunk"):
+                raise errors.message_invalid("only the first message of the stream is a header")
+            chunk = request.chunk
+            if message.filled + len(chunk) > size:
+                raise errors.message_invalid(f"more bytes than the total_size {size}")
+            message.write(chunk)
+            digest.update(chunk)
+        if message.filled != size:
+            raise errors.message_invalid(f"{message.filled} bytes streamed, total_size says {size}")
+        sha256 = digest.hexdigest()
+        if announced and announced.lower() != sha256:
+            raise errors.message_invalid("the bytes do not match the header's sha256")
+    except BaseException:
+        message.abandon()
+        raise
+    message.finish(sha256)
 
 
 async def _stream(
@@ -171,6 +192,29 @@ async def _stream(
     finally:
         if not sent and not peek:
             channel.put_back(message)
+
+
+def _released(release: Callable[[int], None], size: int) -> None:
+    release(size)
+    if size >= _TRIM_BYTES:
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Give the freed pieces of a large message back to the system, now and once
+    what still held them (the lane, the transport's unacknowledged frames) let go.
+
+    The pieces of a streamed message are allocated one by one, from the heap (glibc
+    raises its mmap threshold after the first large free): freed, they stay in the
+    process unless trimmed, and the next message's peak comes on top of them.
+    """
+    if _malloc_trim is None:
+        return
+    _malloc_trim(0)
+    with contextlib.suppress(RuntimeError):
+        loop = asyncio.get_running_loop()
+        for delay in _TRIM_AGAIN_SECONDS:
+            loop.call_later(delay, _malloc_trim, 0)
 
 
 def _release_when_settled(transfers: Sequence[Transfer], release: Callable[[], None]) -> None:
