@@ -9,7 +9,7 @@ import pytest
 
 from flame.flamelet.dataplane import BrokerSettings, MqttProtocol
 from tests.dataplane.brokers import AmqttBroker, Mosquitto
-from tests.dataplane.support import Tasks
+from tests.dataplane.support import Harness, P2pTasks, Tasks
 
 
 @pytest.fixture
@@ -51,3 +51,17 @@ async def amqtt_tasks(amqtt_broker: AmqttBroker, short_tmp: Path) -> AsyncIterat
     started = Tasks(short_tmp, broker)
     yield started
     await started.stop_all()
+
+
+@pytest.fixture
+async def p2p(short_tmp: Path) -> AsyncIterator[P2pTasks]:
+    """p2p bridges discovering each other in the test's folder."""
+    started = P2pTasks(short_tmp)
+    yield started
+    await started.stop_all()
+
+
+@pytest.fixture(params=["mqtt", "p2p"])
+def channel_tasks(request: pytest.FixtureRequest) -> Harness:
+    """The harness of each transport in turn, for tests of the channel contract."""
+    return request.getfixturevalue("tasks" if request.param == "mqtt" else "p2p")

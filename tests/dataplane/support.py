@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from flame.dataplane.v1 import channel_pb2, channel_service_pb2, channel_service_pb2_grpc
-from flame.flamelet.dataplane import BrokerSettings, DataPlane, TransferLimits, start_bridge
+from flame.flamelet.dataplane import (
+    BrokerSettings,
+    DataPlane,
+    PeerSettings,
+    TransferLimits,
+    start_bridge,
+)
 from flame.rpc.client import open_channel
 from flame.rpc.errors import error_details
 
@@ -28,6 +34,8 @@ CHANNEL = "param-channel"
 
 # Quick to give up and to notice: a failing test fails in seconds, not minutes.
 TEST_LIMITS = TransferLimits(stall_seconds=2.0, leave_grace_seconds=10.0, leave_timeout=5.0)
+# p2p listings every second, so that a late end is found at once.
+FAST = PeerSettings(rediscover_seconds=1.0)
 
 
 def new_id() -> str:
@@ -167,7 +175,9 @@ def reason(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
 
 
 class Tasks:
-    """Starts bridges for a test and stops them all at its end."""
+    """Starts MQTT bridges for a test and stops them all at its end."""
+
+    backend = "mqtt"
 
     def __init__(self, folder: Path, broker: BrokerSettings) -> None:
         self._folder = folder
@@ -203,3 +213,60 @@ class Tasks:
         for task in self._started:
             await task.close()
             await task.plane.stop()
+
+
+class P2pTasks:
+    """Starts p2p bridges discovering each other in one folder; stops them at the end."""
+
+    backend = "p2p"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.peers = folder / "peers"
+        self._started: list[Task] = []
+
+    async def start(
+        self,
+        role: str,
+        *,
+        job: str,
+        peer: PeerSettings = FAST,
+        limits: TransferLimits = TEST_LIMITS,
+        join: bool = True,
+        broker_host: str | None = None,
+        **options: Any,
+    ) -> Task:
+        task_id = new_id()
+        config = task_config(task_id, role, job=job, backend="p2p", **options)
+        config["brokers"].append({"sort": "p2p", "host": f"file://{self.peers}"})
+        if broker_host is not None:
+            config["channels"][0]["brokerHost"] = broker_host
+        socket = self.folder / f"{task_id[:12]}.sock"
+        plane = await start_bridge(config, socket_path=socket, limits=limits, peer=peer)
+        task = Task(plane, open_channel(f"unix:{socket}", tls=None), task_id)
+        self._started.append(task)
+        if join:
+            await task.join()
+        return task
+
+    def record(self, task: Task, job: str, role: str, group: str = "default") -> Path:
+        """The discovery file of `task`."""
+        return self.peers / job / CHANNEL / group / role / f"{task.id}.json"
+
+    async def stop_all(self) -> None:
+        for task in self._started:
+            await task.close()
+            await task.plane.stop()
+
+
+# Either transport's harness: the channel contract holds for both.
+Harness = Tasks | P2pTasks
+
+
+async def pair(harness: Harness, job: str, **options: Any) -> tuple[Task, Task]:
+    """An aggregator and a trainer that see each other."""
+    aggregator = await harness.start("aggregator", job=job, **options)
+    trainer = await harness.start("trainer", job=job, **options)
+    await aggregator.await_ends([trainer.id])
+    await trainer.await_ends([aggregator.id])
+    return aggregator, trainer
