@@ -24,6 +24,7 @@ from flame.design.v1 import design_pb2
 from flame.job.v1 import job_pb2
 from flame.rpc.errors import InvalidArgument
 from tests.support.examples import EXAMPLE_DATASETS, EXAMPLES
+from tests.support.files import schema_from_dict
 
 PARAMS = PlatformParams(
     brokers=(Broker("mqtt", "localhost"), Broker("p2p", "localhost:10104")),
@@ -36,45 +37,6 @@ DATASET_FILES = EXAMPLE_DATASETS
 Json = dict[str, Any]
 
 # --- converters from the original (flamectl) JSON to the protos ---------------
-
-
-def schema_from(doc: Json) -> design_pb2.Schema:
-    return design_pb2.Schema(
-        name=doc["name"],
-        description=doc.get("description", ""),
-        roles=[role_from(role) for role in doc["roles"]],
-        channels=[channel_from(channel) for channel in doc["channels"]],
-    )
-
-
-def role_from(doc: Json) -> design_pb2.Role:
-    return design_pb2.Role(
-        name=doc["name"],
-        description=doc.get("description", ""),
-        is_data_consumer=doc.get("isDataConsumer", False),
-        replica=doc.get("replica", 0),
-        group_association=[
-            design_pb2.GroupAssociation(channel_groups=groups)
-            for groups in doc.get("groupAssociation", [])
-        ],
-    )
-
-
-def channel_from(doc: Json) -> design_pb2.Channel:
-    group_by = doc.get("groupBy", {})
-    return design_pb2.Channel(
-        name=doc["name"],
-        description=doc.get("description", ""),
-        pair=doc["pair"],
-        group_by=design_pb2.GroupBy(type=group_by.get("type", ""), value=group_by.get("value", [])),
-        func_tags={
-            role: design_pb2.FunctionTags(tags=tags)
-            for role, tags in doc.get("funcTags", {}).items()
-        },
-        backend=doc.get("backend", ""),
-        broker_host=doc.get("brokerHost", ""),
-        is_unidirectional=doc.get("isUnidirectional", False),
-    )
 
 
 def job_from(
@@ -146,7 +108,7 @@ def example_inputs(
         dataset_id: dataset_from(load(example, name), dataset_id)
         for dataset_id, name in DATASET_FILES[example].items()
     }
-    return job, schema_from(load(example, "schema.json")), datasets
+    return job, schema_from_dict(load(example, "schema.json")), datasets
 
 
 def expected_configs(example: str) -> list[Json]:
@@ -211,7 +173,7 @@ def two_tier(
         )
         for dataset_id in ("d1", "d2")
     }
-    return job, schema_from(TWO_TIER if schema is None else schema), datasets
+    return job, schema_from_dict(TWO_TIER if schema is None else schema), datasets
 
 
 def expand(

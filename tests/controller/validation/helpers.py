@@ -19,6 +19,7 @@ from flame.design.v1 import design_pb2
 from flame.job.v1 import job_pb2
 from flame.rpc.errors import FieldViolation, FlameError, InvalidArgument
 from tests.support.examples import EXAMPLES
+from tests.support.files import schema_from_dict
 
 Json = dict[str, Any]
 
@@ -32,58 +33,7 @@ def example_json(example: str, file_name: str) -> Any:
 
 def example_schema(example: str) -> design_pb2.Schema:
     """The schema of an original example as a proto."""
-    return schema_from_json(example_json(example, "schema.json"))
-
-
-def schema_from_json(doc: Json) -> design_pb2.Schema:
-    """Convert a flamectl schema file into a Schema proto."""
-    return design_pb2.Schema(
-        name=doc.get("name", ""),
-        description=doc.get("description", ""),
-        roles=[_role_from_json(role) for role in doc.get("roles", [])],
-        channels=[_channel_from_json(channel) for channel in doc.get("channels", [])],
-    )
-
-
-def _role_from_json(doc: Json) -> design_pb2.Role:
-    return design_pb2.Role(
-        name=doc.get("name", ""),
-        description=doc.get("description", ""),
-        is_data_consumer=doc.get("isDataConsumer", False),
-        replica=doc.get("replica", 0),
-        group_association=[
-            design_pb2.GroupAssociation(channel_groups=association)
-            for association in doc.get("groupAssociation", [])
-        ],
-    )
-
-
-def _channel_from_json(doc: Json) -> design_pb2.Channel:
-    group_by = doc.get("groupBy", {})
-    return design_pb2.Channel(
-        name=doc.get("name", ""),
-        description=doc.get("description", ""),
-        pair=doc.get("pair", []),
-        group_by=design_pb2.GroupBy(type=group_by.get("type", ""), value=group_by.get("value", [])),
-        func_tags={
-            role: design_pb2.FunctionTags(tags=tags)
-            for role, tags in doc.get("funcTags", {}).items()
-        },
-        backend=doc.get("backend", ""),
-        broker_host=doc.get("brokerHost", ""),
-    )
-
-
-def dataset_from_json(doc: Json) -> dataset_pb2.Dataset:
-    """Convert a flamectl dataset file into a Dataset proto."""
-    return dataset_pb2.Dataset(
-        name=doc.get("name", ""),
-        description=doc.get("description", ""),
-        url=doc.get("url", ""),
-        data_format=doc.get("dataFormat", ""),
-        realm=doc.get("realm", ""),
-        is_public=doc.get("isPublic", False),
-    )
+    return schema_from_dict(example_json(example, "schema.json"))
 
 
 def example_job(example: str) -> job_pb2.Job:

@@ -13,14 +13,15 @@ from flame.controller.validation import (
 )
 from flame.data.v1 import dataset_pb2
 from flame.rpc.errors import FailedPrecondition
-from tests.controller.validation.helpers import dataset_from_json, example_json, fields, rejected
+from tests.controller.validation.helpers import example_json, fields, rejected
+from tests.support.files import dataset_from_dict
 
 # fiab registers one compute, `default`, in region `default/us`.
 FIAB = [compute_pb2.Compute(id="default", region="default/us")]
 
 
 def dataset(**changes: str) -> dataset_pb2.Dataset:
-    ds = dataset_from_json(example_json("mnist", "dataset.json"))
+    ds = dataset_from_dict(example_json("mnist", "dataset.json"))
     for name, value in changes.items():
         setattr(ds, name, value)
     return ds
@@ -49,7 +50,7 @@ def unresolved(realm: str, is_public: bool, computes: list[compute_pb2.Compute])
     ],
 )
 def test_the_original_example_datasets_are_valid(example: str, file_name: str) -> None:
-    validate_dataset(dataset_from_json(example_json(example, file_name)))
+    validate_dataset(dataset_from_dict(example_json(example, file_name)))
 
 
 @pytest.mark.parametrize(
