@@ -83,6 +83,13 @@ class Agent:
         return int(reply.size_bytes)
 
 
+def report_all(agents: list[Agent], *states: int, reason: str = "") -> None:
+    """Each agent reports `states` in turn, as its flamelet would."""
+    for agent in agents:
+        for state in states:
+            agent.report(state, reason=reason)
+
+
 @pytest.fixture
 def agent_stub(api_channel: grpc.Channel) -> agent_service_pb2_grpc.AgentServiceStub:
     return agent_service_pb2_grpc.AgentServiceStub(api_channel)
@@ -134,8 +141,7 @@ def test_a_two_tier_job_runs_to_completed(
     assert wait_for_state(alice, mnist_job.id, Job.STATE_RUNNING).task_counts["running"] == 2
     agents[0].append_log(b"round 1\n")
     assert agents[0].append_log(b"round 2\n") == 16
-    for agent in agents:
-        agent.report(Task.STATE_COMPLETED)
+    report_all(agents, Task.STATE_COMPLETED)
     done = wait_for_state(alice, mnist_job.id, Job.STATE_COMPLETED)
     assert dict(done.task_counts) == {"completed": 2}
     assert done.end_time.seconds >= done.start_time.seconds > 0
@@ -152,8 +158,7 @@ def test_a_failing_task_fails_the_job_with_a_reason(
     mnist_job: Job,
 ) -> None:
     agents = start_with_agents(alice, admin, agent_stub, mnist_job.id)
-    for agent in agents:
-        agent.report(Task.STATE_RUNNING)
+    report_all(agents, Task.STATE_RUNNING)
     agents[0].report(Task.STATE_FAILED, exit_code=3, reason="role code exited with status 3")
     failed = wait_for_state(alice, mnist_job.id, Job.STATE_FAILED)
     assert "failed: role code exited with status 3" in failed.reason
@@ -171,13 +176,11 @@ def test_stop_terminates_a_running_job(
     mnist_job: Job,
 ) -> None:
     agents = start_with_agents(alice, admin, agent_stub, mnist_job.id)
-    for agent in agents:
-        agent.report(Task.STATE_RUNNING)
+    report_all(agents, Task.STATE_RUNNING)
     wait_for_state(alice, mnist_job.id, Job.STATE_RUNNING)
     stopping = alice.jobs.StopJob(job_pb.StopJobRequest(job_id=mnist_job.id)).job
     assert stopping.state == Job.STATE_STOPPING
-    for agent in agents:
-        agent.report(Task.STATE_TERMINATED, reason="stopped by the control plane")
+    report_all(agents, Task.STATE_TERMINATED, reason="stopped by the control plane")
     terminated = wait_for_state(alice, mnist_job.id, Job.STATE_TERMINATED)
     assert terminated.reason == "stopped by its user"
 
@@ -209,12 +212,10 @@ def test_max_run_time_terminates_the_job(
     example.job.max_run_time_seconds = 2
     job = create_job(alice, example.job)
     agents = start_with_agents(alice, admin, agent_stub, job.id)
-    for agent in agents:
-        agent.report(Task.STATE_RUNNING)
+    report_all(agents, Task.STATE_RUNNING)
     stopping = wait_for_state(alice, job.id, Job.STATE_STOPPING)
     assert stopping.reason == "exceeded maxRunTime of 2 s"
-    for agent in agents:
-        agent.report(Task.STATE_TERMINATED)
+    report_all(agents, Task.STATE_TERMINATED)
     assert wait_for_state(alice, job.id, Job.STATE_TERMINATED).reason == stopping.reason
 
 
@@ -299,9 +300,7 @@ def test_agents_and_deployers_are_told_through_the_notifier(
     notifier_events: Callable[[str, int], list[int]],
 ) -> None:
     agents = start_with_agents(alice, admin, agent_stub, mnist_job.id)
-    for agent in agents:
-        agent.report(Task.STATE_RUNNING)
-        agent.report(Task.STATE_COMPLETED)
+    report_all(agents, Task.STATE_RUNNING, Task.STATE_COMPLETED)
     wait_for_state(alice, mnist_job.id, Job.STATE_COMPLETED)
     Event = event_pb2.Event
     assert notifier_events(f"task/{agents[0].task_id}", 2) == [
@@ -318,11 +317,9 @@ def test_a_job_survives_a_controller_killed_mid_run(
     mnist_job: Job,
 ) -> None:
     agents = start_with_agents(alice, admin, agent_stub, mnist_job.id)
-    for agent in agents:
-        agent.report(Task.STATE_RUNNING)
+    report_all(agents, Task.STATE_RUNNING)
     wait_for_state(alice, mnist_job.id, Job.STATE_RUNNING)
     control_plane.kill_controller()
     control_plane.start_controller()
-    for agent in agents:
-        agent.report(Task.STATE_COMPLETED)
+    report_all(agents, Task.STATE_COMPLETED)
     assert wait_for_state(alice, mnist_job.id, Job.STATE_COMPLETED).task_counts["completed"] == 2
