@@ -9,16 +9,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from flame.rpc.errors import FieldViolation, InvalidArgument
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "PageRequest",
     "decode_token",
     "encode_token",
+    "list_page",
     "next_page",
     "page_size",
 ]
@@ -81,3 +83,25 @@ def next_page(
         return items, ""
     page = items[:limit]
     return page, encode_token(key(page[-1]), query)
+
+
+class PageRequest(Protocol):
+    """What every List request has."""
+
+    page_size: int
+    page_token: str
+
+
+async def list_page(
+    request: PageRequest,
+    query: Any,
+    fetch: Callable[[Any, int], Awaitable[list[T]]],
+    key: Callable[[T], Any],
+) -> tuple[list[T], str]:
+    """One page of a List call and the token of the next.
+
+    `fetch(cursor, count)` reads up to `count` items after `cursor` (None: from the
+    start); `key` gives an item's cursor; `query` is what the token is bound to."""
+    limit = page_size(request.page_size)
+    cursor = decode_token(request.page_token, query)
+    return next_page(await fetch(cursor, limit + 1), limit, key, query)

@@ -8,7 +8,7 @@ from flame.compute.v1 import compute_pb2, compute_service_pb2_grpc
 from flame.compute.v1 import compute_service_pb2 as pb
 from flame.controller.caller import caller_of, metadata_value, require_admin
 from flame.controller.lifecycle import JobManager
-from flame.controller.pagination import decode_token, next_page, page_size
+from flame.controller.pagination import list_page
 from flame.controller.store.computes import ComputeStore
 from flame.controller.store.jobs import ACTIVE_STATES, JobStore
 from flame.controller.taskkeys import TaskKeys
@@ -53,10 +53,12 @@ class ComputeServicer(compute_service_pb2_grpc.ComputeServiceServicer):
         self, request: pb.ListComputesRequest, context: Context
     ) -> pb.ListComputesResponse:
         caller_of(context)
-        limit = page_size(request.page_size)
-        after = decode_token(request.page_token, "computes")
-        computes = await self._computes.list_computes(after=after, limit=limit + 1)
-        page, token = next_page(computes, limit, lambda compute: compute.id, "computes")
+        page, token = await list_page(
+            request,
+            "computes",
+            lambda after, count: self._computes.list_computes(after=after, limit=count),
+            lambda compute: compute.id,
+        )
         return pb.ListComputesResponse(computes=page, next_page_token=token)
 
     async def DeleteCompute(

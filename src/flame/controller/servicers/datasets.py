@@ -6,7 +6,7 @@ from typing import Any
 
 from flame.controller.caller import caller_of
 from flame.controller.masks import mask_paths
-from flame.controller.pagination import decode_token, next_page, page_size
+from flame.controller.pagination import list_page
 from flame.controller.store.computes import ComputeStore
 from flame.controller.store.datasets import DatasetStore
 from flame.controller.store.jobs import JobStore
@@ -50,13 +50,14 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         self, request: pb.ListDatasetsRequest, context: Context
     ) -> pb.ListDatasetsResponse:
         caller = caller_of(context)
-        limit = page_size(request.page_size)
-        query = ["datasets", caller.user_id, request.include_public]
-        after = decode_token(request.page_token, query)
-        datasets = await self._datasets.list_datasets(
-            caller.user_id, include_public=request.include_public, after=after, limit=limit + 1
+        page, token = await list_page(
+            request,
+            ["datasets", caller.user_id, request.include_public],
+            lambda after, count: self._datasets.list_datasets(
+                caller.user_id, include_public=request.include_public, after=after, limit=count
+            ),
+            lambda dataset: dataset.id,
         )
-        page, token = next_page(datasets, limit, lambda dataset: dataset.id, query)
         return pb.ListDatasetsResponse(datasets=page, next_page_token=token)
 
     async def UpdateDataset(

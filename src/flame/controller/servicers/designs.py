@@ -7,7 +7,7 @@ from typing import Any
 
 from flame.controller.caller import caller_of
 from flame.controller.masks import mask_paths
-from flame.controller.pagination import decode_token, next_page, page_size
+from flame.controller.pagination import list_page
 from flame.controller.store.designs import DesignStore
 from flame.controller.store.jobs import JobStore
 from flame.controller.validation import (
@@ -58,11 +58,14 @@ class DesignServicer(design_service_pb2_grpc.DesignServiceServicer):
         self, request: pb.ListDesignsRequest, context: Context
     ) -> pb.ListDesignsResponse:
         caller = caller_of(context)
-        limit = page_size(request.page_size)
-        query = ["designs", caller.user_id]
-        after = decode_token(request.page_token, query)
-        designs = await self._designs.list_designs(caller.user_id, after=after, limit=limit + 1)
-        page, token = next_page(designs, limit, lambda design: design.id, query)
+        page, token = await list_page(
+            request,
+            ["designs", caller.user_id],
+            lambda after, count: self._designs.list_designs(
+                caller.user_id, after=after, limit=count
+            ),
+            lambda design: design.id,
+        )
         return pb.ListDesignsResponse(designs=page, next_page_token=token)
 
     async def UpdateDesign(
@@ -110,13 +113,14 @@ class DesignServicer(design_service_pb2_grpc.DesignServiceServicer):
         self, request: pb.ListSchemasRequest, context: Context
     ) -> pb.ListSchemasResponse:
         caller = caller_of(context)
-        limit = page_size(request.page_size)
-        query = ["schemas", caller.user_id, request.design_id]
-        before = decode_token(request.page_token, query)
-        schemas = await self._designs.list_schemas(
-            caller.user_id, request.design_id, before=before, limit=limit + 1
+        page, token = await list_page(
+            request,
+            ["schemas", caller.user_id, request.design_id],
+            lambda before, count: self._designs.list_schemas(
+                caller.user_id, request.design_id, before=before, limit=count
+            ),
+            lambda schema: schema.revision,
         )
-        page, token = next_page(schemas, limit, lambda schema: schema.revision, query)
         return pb.ListSchemasResponse(schemas=page, next_page_token=token)
 
     async def DeleteSchema(
@@ -180,13 +184,14 @@ class DesignServicer(design_service_pb2_grpc.DesignServiceServicer):
         self, request: pb.ListCodeRevisionsRequest, context: Context
     ) -> pb.ListCodeRevisionsResponse:
         caller = caller_of(context)
-        limit = page_size(request.page_size)
-        query = ["code", caller.user_id, request.design_id]
-        before = decode_token(request.page_token, query)
-        revisions = await self._designs.list_code(
-            caller.user_id, request.design_id, before=before, limit=limit + 1
+        page, token = await list_page(
+            request,
+            ["code", caller.user_id, request.design_id],
+            lambda before, count: self._designs.list_code(
+                caller.user_id, request.design_id, before=before, limit=count
+            ),
+            lambda revision: revision.revision,
         )
-        page, token = next_page(revisions, limit, lambda revision: revision.revision, query)
         return pb.ListCodeRevisionsResponse(revisions=page, next_page_token=token)
 
     async def DeleteCode(

@@ -18,7 +18,7 @@ from flame.controller.jobbuilder import (
 )
 from flame.controller.lifecycle import JobManager
 from flame.controller.masks import mask_paths
-from flame.controller.pagination import decode_token, next_page, page_size
+from flame.controller.pagination import list_page
 from flame.controller.store.datasets import DatasetStore
 from flame.controller.store.designs import DesignStore
 from flame.controller.store.jobs import ACTIVE_STATES, TERMINAL_TASK_STATES, JobStore
@@ -77,11 +77,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         caller = caller_of(context)
-        limit = page_size(request.page_size)
-        query = ["jobs", caller.user_id]
-        before = decode_token(request.page_token, query)
-        jobs = await self._jobs.list_jobs(caller.user_id, before=before, limit=limit + 1)
-        page, token = next_page(jobs, limit, lambda job: job.id, query)
+        page, token = await list_page(
+            request,
+            ["jobs", caller.user_id],
+            lambda before, count: self._jobs.list_jobs(caller.user_id, before=before, limit=count),
+            lambda job: job.id,
+        )
         return pb.ListJobsResponse(jobs=page, next_page_token=token)
 
     async def UpdateJob(
@@ -148,11 +149,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> pb.ListTasksResponse:
         caller = caller_of(context)
         await self._jobs.get(caller.user_id, request.job_id)
-        limit = page_size(request.page_size)
-        query = ["tasks", request.job_id]
-        after = decode_token(request.page_token, query)
-        indexed = await self._jobs.list_tasks(request.job_id, after=after, limit=limit + 1)
-        page, token = next_page(indexed, limit, lambda item: item[0], query)
+        page, token = await list_page(
+            request,
+            ["tasks", request.job_id],
+            lambda after, count: self._jobs.list_tasks(request.job_id, after=after, limit=count),
+            lambda item: item[0],
+        )
         return pb.ListTasksResponse(tasks=[task for _, task in page], next_page_token=token)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:

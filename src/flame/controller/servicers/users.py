@@ -6,7 +6,7 @@ from typing import Any
 
 from flame.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from flame.controller.caller import caller_of, require_admin
-from flame.controller.pagination import decode_token, next_page, page_size
+from flame.controller.pagination import list_page
 from flame.controller.store.users import UserStore
 from flame.controller.validation.names import validate_identifier
 from flame.rpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
@@ -46,10 +46,12 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
         self, request: pb.ListUsersRequest, context: Context
     ) -> pb.ListUsersResponse:
         require_admin(context)
-        limit = page_size(request.page_size)
-        after = decode_token(request.page_token, "users")
-        users = await self._store.list_users(after=after, limit=limit + 1)
-        page, token = next_page(users, limit, lambda user: user.id, "users")
+        page, token = await list_page(
+            request,
+            "users",
+            lambda after, count: self._store.list_users(after=after, limit=count),
+            lambda user: user.id,
+        )
         return pb.ListUsersResponse(users=page, next_page_token=token)
 
     async def DeleteUser(
@@ -72,10 +74,12 @@ class UserServicer(user_service_pb2_grpc.UserServiceServicer):
         self, request: pb.ListApiTokensRequest, context: Context
     ) -> pb.ListApiTokensResponse:
         caller = caller_of(context)
-        limit = page_size(request.page_size)
-        after = decode_token(request.page_token, ["tokens", caller.user_id])
-        tokens = await self._store.list_tokens(caller.user_id, after=after, limit=limit + 1)
-        page, token = next_page(tokens, limit, lambda item: item.id, ["tokens", caller.user_id])
+        page, token = await list_page(
+            request,
+            ["tokens", caller.user_id],
+            lambda after, count: self._store.list_tokens(caller.user_id, after=after, limit=count),
+            lambda item: item.id,
+        )
         return pb.ListApiTokensResponse(api_tokens=page, next_page_token=token)
 
     async def DeleteApiToken(
