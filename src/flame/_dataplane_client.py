@@ -41,13 +41,23 @@ from flame.errors import (
 from flame.rpc.errors import error_details
 from flame.rpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from flame.wire import DEFAULT_CHUNK_BYTES, EncodedMessage, iter_chunks
+from flame.wire.shared import SharedFileError, map_file, shared_file_fits, write_file
 
 if TYPE_CHECKING:
     from flame.flamelet.dataplane import DataPlane
 
-__all__ = ["SOCKET_ENV", "DataPlaneClient", "Received", "before_thread_shutdown", "connect"]
+__all__ = [
+    "SHARED_FILES_ENV",
+    "SOCKET_ENV",
+    "DataPlaneClient",
+    "Received",
+    "before_thread_shutdown",
+    "connect",
+]
 
 SOCKET_ENV: Final = "FLAME_DATAPLANE_SOCKET"
+# "0" keeps every message on the chunk streams, never in shared files.
+SHARED_FILES_ENV: Final = "FLAME_DATAPLANE_SHARED_FILES"
 # ErrorInfo metadata key naming the end an END_LEFT or END_NOT_FOUND is about.
 _END_KEY: Final = "end_id"
 _T = TypeVar("_T")
@@ -60,7 +70,7 @@ class Received:
     """One complete message as the flamelet delivered it."""
 
     end_id: str
-    data: bytearray
+    data: bytearray | memoryview
     receive_time: datetime
 
 
@@ -90,6 +100,8 @@ class DataPlaneClient:
             ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
         ]
+        # Per joined channel, where the flamelet takes messages as files, if it does.
+        self._shared_folders: dict[str, Path] = {}
         self._channel = grpc.insecure_channel(self._target, options=limits)
         self._stub = channel_service_pb2_grpc.ChannelServiceStub(self._channel)
         try:
@@ -103,7 +115,10 @@ class DataPlaneClient:
     def join(self, channel: str) -> None:
         """Join `channel`; idempotent."""
         request = channel_service_pb2.JoinChannelRequest(channel=channel)
-        self._unary(self._stub.JoinChannel, request, channel)
+        response = self._unary(self._stub.JoinChannel, request, channel)
+        folder = response.shared_folder
+        if folder and os.environ.get(SHARED_FILES_ENV) != "0" and os.access(folder, os.W_OK):
+            self._shared_folders[channel] = Path(folder)
 
     def leave(self, channel: str) -> None:
         """Leave `channel` once its pending messages are sent."""
@@ -139,9 +154,11 @@ class DataPlaneClient:
         timeout: float,
         on_timeout: TimeoutFactory,
     ) -> None:
-        """Stream `message` to `end_ids`, or to every end when `end_ids` is empty.
+        """Send `message` to `end_ids`, or to every end when `end_ids` is empty.
 
-        The frame's segments are cut into chunks as they are sent, never joined whole.
+        A large message goes as one file the flamelet maps (see `flame.wire.shared`)
+        when the flamelet offers a shared folder with room for it; otherwise the
+        frame's segments are cut into chunks as they are sent, never joined whole.
         """
         header = channel_pb2.MessageHeader(
             channel=channel,
@@ -149,15 +166,35 @@ class DataPlaneClient:
             broadcast=not end_ids,
             total_size=message.total_size,
         )
-        chunks = (
-            channel_service_pb2.SendMessageRequest(chunk=bytes(chunk))
-            for chunk in iter_chunks(message.segments(), DEFAULT_CHUNK_BYTES)
-        )
+        shared = self._write_shared(channel, message)
+        chunks: Iterator[channel_service_pb2.SendMessageRequest]
+        if shared is None:
+            chunks = (
+                channel_service_pb2.SendMessageRequest(chunk=bytes(chunk))
+                for chunk in iter_chunks(message.segments(), DEFAULT_CHUNK_BYTES)
+            )
+        else:
+            header.shared_file, chunks = str(shared), iter(())
         requests = itertools.chain([channel_service_pb2.SendMessageRequest(header=header)], chunks)
         try:
             self._stub.SendMessage(requests, timeout=timeout)
         except grpc.RpcError as err:
             raise _translate(err, channel, end_ids, on_timeout) from None
+        finally:
+            # The flamelet removes it once mapped; not when the call failed first.
+            if shared is not None:
+                shared.unlink(missing_ok=True)
+
+    def _write_shared(self, channel: str, message: EncodedMessage) -> Path | None:
+        """`message` written to a file of the channel's shared folder, when worth it."""
+        folder = self._shared_folders.get(channel)
+        if folder is None or not shared_file_fits(folder, message.total_size):
+            return None
+        try:
+            return write_file(folder, message.segments())
+        except OSError:
+            # No room after all (another writer took it): the chunk stream needs none.
+            return None
 
     def receive(
         self,
@@ -174,11 +211,15 @@ class DataPlaneClient:
         message queued.
         """
         request = channel_service_pb2.ReceiveMessageRequest(
-            channel=channel, end_ids=end_ids, no_wait=peek, peek=peek
+            channel=channel,
+            end_ids=end_ids,
+            no_wait=peek,
+            peek=peek,
+            accept_shared_file=channel in self._shared_folders,
         )
         call = self._stub.ReceiveMessage(request, timeout=timeout)
         try:
-            return _read_message(iter(call), channel)
+            return _read_message(iter(call), channel, self._shared_folders.get(channel))
         except grpc.RpcError as err:
             raise _translate(err, channel, end_ids, on_timeout) from None
         finally:
@@ -214,7 +255,9 @@ def _cancel(call: grpc.RpcContext) -> None:
 
 
 def _read_message(
-    responses: Iterator[channel_service_pb2.ReceiveMessageResponse], channel: str
+    responses: Iterator[channel_service_pb2.ReceiveMessageResponse],
+    channel: str,
+    shared_folder: Path | None,
 ) -> Received | None:
     first = next(responses, None)
     if first is None:
@@ -222,6 +265,8 @@ def _read_message(
     if first.WhichOneof("content") != "header" or len(first.header.end_ids) != 1:
         raise DataPlaneError(f"channel {channel!r}: a received message lacks its header")
     header = first.header
+    if header.shared_file:
+        return _map_shared(header, channel, shared_folder)
     # One buffer of the announced size, filled in place: decode then views it, no copy.
     buffer = bytearray(header.total_size)
     view, filled = memoryview(buffer), 0
@@ -234,6 +279,14 @@ def _read_message(
     if filled != len(buffer):
         raise MessageError(channel, f"a message has {filled} of its {len(buffer)} bytes")
     return Received(header.end_ids[0], buffer, _receive_time(header))
+
+
+def _map_shared(header: channel_pb2.MessageHeader, channel: str, folder: Path | None) -> Received:
+    try:
+        data = map_file(header.shared_file, header.total_size, folder=folder)
+    except SharedFileError as exc:
+        raise MessageError(channel, str(exc)) from None
+    return Received(header.end_ids[0], data, _receive_time(header))
 
 
 def _end_from_proto(end: channel_pb2.End) -> End:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from flame._dataplane_client import SHARED_FILES_ENV
 from tests.sdk.test_standalone import (
     COMMON,
     finish,
@@ -62,15 +63,21 @@ def configure(folder: Path, backend: str, broker_port: int) -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("backend", ["mqtt", "p2p"])
 @pytest.mark.parametrize("megabytes", [100, 400])
+@pytest.mark.parametrize("handover", ["shared files", "chunk streams"])
 def test_a_large_tensor_crosses_intact(
     tmp_path: Path,
     mosquitto: int,
     backend: str,
     megabytes: int,
+    handover: str,
 ) -> None:
+    """Both ways between role code and its bridge: files on /dev/shm, or chunk streams."""
     configure(tmp_path, backend, mosquitto)
     size = str(megabytes * 1_000_000)
-    processes = {role: start_role(tmp_path, role, size) for role in ("trainer", "aggregator")}
+    env = {SHARED_FILES_ENV: "1" if handover == "shared files" else "0"}
+    processes = {
+        role: start_role(tmp_path, role, size, env=env) for role in ("trainer", "aggregator")
+    }
     outputs = {role: finish(process, timeout=280) for role, process in processes.items()}
     assert "AGGREGATOR DONE" in outputs["aggregator"] and "TRAINER DONE" in outputs["trainer"]
     assert printed(outputs["aggregator"], "SENT") == printed(outputs["trainer"], "RECEIVED")

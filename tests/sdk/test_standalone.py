@@ -127,8 +127,11 @@ def write_role(folder: Path, role: str, body: str, broker_port: int) -> None:
     (folder / role / "config.json").write_text(json.dumps(task_config(role, broker_port)))
 
 
-def start_role(folder: Path, role: str, *args: str) -> subprocess.Popen[str]:
-    env = {key: value for key, value in os.environ.items() if key != SOCKET_ENV}
+def start_role(
+    folder: Path, role: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    inherited = {key: value for key, value in os.environ.items() if key != SOCKET_ENV}
+    env = inherited | (env or {})
     return subprocess.Popen(
         [sys.executable, f"{role}/main.py", f"{role}/config.json", *args],
         cwd=folder,

@@ -66,6 +66,7 @@ class MessageHeader(_message.Message):
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
+    SHARED_FILE_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     """Channel name."""
     message_id: _builtins.str
@@ -76,6 +77,13 @@ class MessageHeader(_message.Message):
     """Size of the whole message in bytes."""
     sha256: _builtins.str
     """Lowercase hex SHA-256 of the whole message; set by the flamelet when empty."""
+    shared_file: _builtins.str
+    """When set, the message's bytes are this file and no chunk follows the header.
+    On send: a regular file the caller wrote inside the channel's
+    `JoinChannelResponse.shared_folder`; the flamelet takes it over and removes it.
+    On receive (only for a request with `accept_shared_file`): a file the caller
+    maps, then removes.
+    """
     @_builtins.property
     def end_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """On send: the receiving ends; empty with `broadcast` set means every end.
@@ -96,10 +104,11 @@ class MessageHeader(_message.Message):
         total_size: _builtins.int = ...,
         sha256: _builtins.str = ...,
         receive_time: _timestamp_pb2.Timestamp | None = ...,
+        shared_file: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "channel", b"channel", "end_ids", b"end_ids", "message_id", b"message_id", "receive_time", b"receive_time", "sha256", b"sha256", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "channel", b"channel", "end_ids", b"end_ids", "message_id", b"message_id", "receive_time", b"receive_time", "sha256", b"sha256", "shared_file", b"shared_file", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -51,6 +51,7 @@ class JoinChannelResponse(_message.Message):
     OTHER_ROLE_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    SHARED_FOLDER_FIELD_NUMBER: _builtins.int
     end_id: _builtins.str
     """The calling task's end id."""
     other_role: _builtins.str
@@ -59,6 +60,11 @@ class JoinChannelResponse(_message.Message):
     """The group the task joined on this channel."""
     backend: _builtins.str
     """The backend that carries the channel: `mqtt` or `p2p`."""
+    shared_folder: _builtins.str
+    """A private folder on a memory-backed file system of the flamelet's host where
+    the caller may hand over a message as a file (`MessageHeader.shared_file`)
+    instead of streaming its chunks; empty when the flamelet takes chunks only.
+    """
     def __init__(
         self,
         *,
@@ -66,10 +72,11 @@ class JoinChannelResponse(_message.Message):
         other_role: _builtins.str = ...,
         group: _builtins.str = ...,
         backend: _builtins.str = ...,
+        shared_folder: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "end_id", b"end_id", "group", b"group", "other_role", b"other_role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "end_id", b"end_id", "group", b"group", "other_role", b"other_role", "shared_folder", b"shared_folder"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,12 +285,17 @@ class ReceiveMessageRequest(_message.Message):
     END_IDS_FIELD_NUMBER: _builtins.int
     NO_WAIT_FIELD_NUMBER: _builtins.int
     PEEK_FIELD_NUMBER: _builtins.int
+    ACCEPT_SHARED_FILE_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     """Channel name."""
     no_wait: _builtins.bool
     """Return at once, with an empty stream, when no message is complete yet."""
     peek: _builtins.bool
     """Leave the message queued: the next receive returns it again."""
+    accept_shared_file: _builtins.bool
+    """The caller runs on the flamelet's host and can take a large message as a file
+    (`MessageHeader.shared_file`) instead of chunks.
+    """
     @_builtins.property
     def end_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ends to receive from; empty means any end."""
@@ -295,10 +307,11 @@ class ReceiveMessageRequest(_message.Message):
         end_ids: _abc.Iterable[_builtins.str] | None = ...,
         no_wait: _builtins.bool = ...,
         peek: _builtins.bool = ...,
+        accept_shared_file: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "end_ids", b"end_ids", "no_wait", b"no_wait", "peek", b"peek"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_shared_file", b"accept_shared_file", "channel", b"channel", "end_ids", b"end_ids", "no_wait", b"no_wait", "peek", b"peek"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -114,8 +114,9 @@ class ChannelServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SendMessage(self, request_iterator, context):
-        """Sends one message: a header, then the message bytes in chunks. Answers once
-        the flamelet has taken the whole message for delivery.
+        """Sends one message: a header, then the message bytes in chunks (or no chunk
+        when the header names a shared file). Answers once the flamelet has taken the
+        whole message for delivery.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,7 +124,8 @@ class ChannelServiceServicer:
 
     def ReceiveMessage(self, request, context):
         """Receives the next complete message from one of the named ends (any end
-        when none is named): a header, then the message bytes in chunks.
+        when none is named): a header, then the message bytes in chunks (or no chunk
+        when the header names a shared file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,12 +50,14 @@ class ChannelServiceStub:
     WatchEnds: _grpc.UnaryStreamMultiCallable[_channel_service_pb2.WatchEndsRequest, _channel_service_pb2.WatchEndsResponse]
     """Streams the current ends of a channel, then every end that joins or leaves."""
     SendMessage: _grpc.StreamUnaryMultiCallable[_channel_service_pb2.SendMessageRequest, _channel_service_pb2.SendMessageResponse]
-    """Sends one message: a header, then the message bytes in chunks. Answers once
-    the flamelet has taken the whole message for delivery.
+    """Sends one message: a header, then the message bytes in chunks (or no chunk
+    when the header names a shared file). Answers once the flamelet has taken the
+    whole message for delivery.
     """
     ReceiveMessage: _grpc.UnaryStreamMultiCallable[_channel_service_pb2.ReceiveMessageRequest, _channel_service_pb2.ReceiveMessageResponse]
     """Receives the next complete message from one of the named ends (any end
-    when none is named): a header, then the message bytes in chunks.
+    when none is named): a header, then the message bytes in chunks (or no chunk
+    when the header names a shared file).
     """
 
 @_typing.type_check_only
@@ -80,12 +82,14 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     WatchEnds: _aio.UnaryStreamMultiCallable[_channel_service_pb2.WatchEndsRequest, _channel_service_pb2.WatchEndsResponse]  # type: ignore[assignment]
     """Streams the current ends of a channel, then every end that joins or leaves."""
     SendMessage: _aio.StreamUnaryMultiCallable[_channel_service_pb2.SendMessageRequest, _channel_service_pb2.SendMessageResponse]  # type: ignore[assignment]
-    """Sends one message: a header, then the message bytes in chunks. Answers once
-    the flamelet has taken the whole message for delivery.
+    """Sends one message: a header, then the message bytes in chunks (or no chunk
+    when the header names a shared file). Answers once the flamelet has taken the
+    whole message for delivery.
     """
     ReceiveMessage: _aio.UnaryStreamMultiCallable[_channel_service_pb2.ReceiveMessageRequest, _channel_service_pb2.ReceiveMessageResponse]  # type: ignore[assignment]
     """Receives the next complete message from one of the named ends (any end
-    when none is named): a header, then the message bytes in chunks.
+    when none is named): a header, then the message bytes in chunks (or no chunk
+    when the header names a shared file).
     """
 
 class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -137,8 +141,9 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_channel_service_pb2.SendMessageRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_channel_service_pb2.SendMessageResponse, _abc.Awaitable[_channel_service_pb2.SendMessageResponse]]:
-        """Sends one message: a header, then the message bytes in chunks. Answers once
-        the flamelet has taken the whole message for delivery.
+        """Sends one message: a header, then the message bytes in chunks (or no chunk
+        when the header names a shared file). Answers once the flamelet has taken the
+        whole message for delivery.
         """
 
     @_abc_1.abstractmethod
@@ -148,7 +153,8 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_channel_service_pb2.ReceiveMessageResponse], _abc.AsyncIterator[_channel_service_pb2.ReceiveMessageResponse]]:
         """Receives the next complete message from one of the named ends (any end
-        when none is named): a header, then the message bytes in chunks.
+        when none is named): a header, then the message bytes in chunks (or no chunk
+        when the header names a shared file).
         """
 
 def add_ChannelServiceServicer_to_server(servicer: ChannelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

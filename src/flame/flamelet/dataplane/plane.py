@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -27,6 +28,7 @@ from flame.flamelet.dataplane.transport import Endpoint, TransportFactory
 from flame.flamelet.servers import channel_services
 from flame.rpc.server import RunningServer, ServerOptions, start_server
 from flame.rpc.tls import ClientTls
+from flame.wire.shared import make_shared_folder
 
 __all__ = ["DataPlane", "start_bridge", "start_dataplane"]
 
@@ -48,18 +50,32 @@ class DataPlane:
         bridge: The task's channels.
     """
 
-    def __init__(self, socket_path: str, bridge: Bridge, server: RunningServer) -> None:
-        """Wrap a started `server` serving `bridge` on `socket_path`."""
+    def __init__(
+        self,
+        socket_path: str,
+        bridge: Bridge,
+        server: RunningServer,
+        shared_folder: Path | None = None,
+    ) -> None:
+        """Wrap a started `server` serving `bridge` on `socket_path`, with the folder
+        of its shared message files."""
         self.socket_path = socket_path
         self.bridge = bridge
         self._server = server
+        self._shared_folder = shared_folder
 
     async def stop(self) -> None:
         """Stop serving, deliver what is pending (within the leave timeout), leave
         every channel, and remove the socket."""
         await self._server.stop()
         await self.bridge.close()
+        self._remove_files()
+
+    def _remove_files(self) -> None:
         Path(self.socket_path).unlink(missing_ok=True)
+        # Files handed to role code that never took them.
+        if self._shared_folder is not None:
+            shutil.rmtree(self._shared_folder, ignore_errors=True)
 
     async def abort(self) -> None:
         """Stop at once and drop the connections with no goodbye, as a crash would:
@@ -67,7 +83,7 @@ class DataPlane:
         announcements (p2p). For failure tests."""
         await self._server.server.stop(None)
         await self.bridge.abort()
-        Path(self.socket_path).unlink(missing_ok=True)
+        self._remove_files()
 
 
 async def start_dataplane(
@@ -178,14 +194,20 @@ async def start_bridge(
     }
     bridge = Bridge(task, transports=factories, limits=limits)
     socket_path.unlink(missing_ok=True)
-    server = await start_server(
-        channel_services(ChannelServicer(bridge)),
-        ServerOptions(host=f"unix:{socket_path}", grace_seconds=_GRACE_SECONDS),
-    )
+    shared_folder = make_shared_folder() if limits.shared_files else None
+    try:
+        server = await start_server(
+            channel_services(ChannelServicer(bridge, shared_folder)),
+            ServerOptions(host=f"unix:{socket_path}", grace_seconds=_GRACE_SECONDS),
+        )
+    except BaseException:
+        if shared_folder is not None:
+            shutil.rmtree(shared_folder, ignore_errors=True)
+        raise
     # Only the task's own user may talk to its data plane.
     socket_path.chmod(0o600)
     _log.info("data plane serving", extra={"socket": str(socket_path), "task": task.task_id})
-    return DataPlane(str(socket_path), bridge, server)
+    return DataPlane(str(socket_path), bridge, server, shared_folder)
 
 
 def _broker_of(

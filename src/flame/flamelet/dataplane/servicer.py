@@ -9,6 +9,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -20,6 +21,7 @@ from flame.flamelet.dataplane.channel import Channel
 from flame.flamelet.dataplane.ends import EndInfo
 from flame.flamelet.dataplane.inbox import Delivered
 from flame.flamelet.dataplane.outbox import Outgoing, Transfer
+from flame.wire.shared import SharedFileError, map_file, shared_file_fits, write_file
 
 __all__ = ["ChannelServicer"]
 
@@ -31,6 +33,7 @@ try:
     _malloc_trim: Callable[[int], int] | None = ctypes.CDLL("libc.so.6").malloc_trim
 except (OSError, AttributeError):  # Not glibc.
     _malloc_trim = None
+_Bytes = bytes | memoryview
 # Deadlines this far away are no deadline at all.
 _NO_DEADLINE_SECONDS = 1e8
 
@@ -38,9 +41,11 @@ _NO_DEADLINE_SECONDS = 1e8
 class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
     """Serves ChannelService to the role code from a bridge's channels."""
 
-    def __init__(self, bridge: Bridge) -> None:
-        """Serve the channels of `bridge`."""
+    def __init__(self, bridge: Bridge, shared_folder: Path | None = None) -> None:
+        """Serve the channels of `bridge`; messages may also be handed over as files
+        of `shared_folder` (see `flame.wire.shared`)."""
         self._bridge = bridge
+        self._shared_folder = shared_folder
 
     async def JoinChannel(
         self, request: pb.JoinChannelRequest, context: Any
@@ -52,6 +57,7 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
             other_role=channel.endpoint.other_role,
             group=channel.endpoint.group,
             backend=channel.spec.backend,
+            shared_folder=str(self._shared_folder or ""),
         )
 
     async def LeaveChannel(
@@ -104,7 +110,10 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
             budget.release(size)
             raise
         try:
-            await _body(requests, message, header.sha256)
+            pieces = (
+                self._shared_pieces(header, requests) if header.shared_file else _chunks(requests)
+            )
+            await _body(pieces, message, header.sha256)
         finally:
             _release_when_settled(transfers, lambda: _released(budget.release, size))
         return pb.SendMessageResponse(message_id=message_id, end_ids=receivers)
@@ -125,13 +134,32 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
             ) from None
         if message is None:
             return
-        async for response in _stream(
-            channel, message, request.peek, self._bridge.limits.receive_chunk_bytes
-        ):
+        folder = self._shared_folder if request.accept_shared_file else None
+        responses = (
+            _hand_over(channel, message, request.peek, folder)
+            if folder is not None and shared_file_fits(folder, len(message.data))
+            else _stream(channel, message, request.peek, self._bridge.limits.receive_chunk_bytes)
+        )
+        async for response in responses:
             yield response
         if not request.peek and len(message.data) >= _TRIM_BYTES:
             del message
             _trim_heap()
+
+    async def _shared_pieces(
+        self, header: channel_pb2.MessageHeader, requests: AsyncIterator[pb.SendMessageRequest]
+    ) -> AsyncIterator[memoryview]:
+        """The bytes of the file a SendMessage header names, in chunk-sized pieces."""
+        if self._shared_folder is None:
+            raise errors.message_invalid("this data plane takes no shared files")
+        if await anext(requests, None) is not None:
+            raise errors.message_invalid("no chunk follows a header naming a shared file")
+        try:
+            data = map_file(header.shared_file, header.total_size, folder=self._shared_folder)
+        except SharedFileError as exc:
+            raise errors.message_invalid(str(exc)) from None
+        async for piece in _pieces(data, self._bridge.limits.chunk_bytes):
+            yield piece
 
     def _checked_size(self, size: int) -> int:
         limit = self._bridge.limits.max_message_bytes
@@ -149,19 +177,30 @@ async def _header(requests: AsyncIterator[pb.SendMessageRequest]) -> channel_pb2
     return first.header
 
 
-async def _body(
-    requests: AsyncIterator[pb.SendMessageRequest], message: Outgoing, announced: str
-) -> None:
-    """Write the chunks into `message` as they come, hashing them; complete it at the
+async def _chunks(requests: AsyncIterator[pb.SendMessageRequest]) -> AsyncIterator[bytes]:
+    """The chunks that follow the header of a SendMessage stream."""
+    async for request in requests:
+        if not request.HasField("chunk"):
+            raise errors.message_invalid("only the first message of the stream is a header")
+        yield request.chunk
+
+
+async def _pieces(data: memoryview, piece_bytes: int) -> AsyncIterator[memoryview]:
+    """`data` in pieces of `piece_bytes`, letting the transfers run between them."""
+    for offset in range(0, len(data), piece_bytes):
+        yield data[offset : offset + piece_bytes]
+        # Sends the chunks already whole while the next piece is hashed.
+        await asyncio.sleep(0)
+
+
+async def _body(pieces: AsyncIterator[_Bytes], message: Outgoing, announced: str) -> None:
+    """Write the pieces into `message` as they come, hashing them; complete it at the
     end, or abandon it (its transfers then give up) when the stream is invalid or
     breaks."""
     digest = hashlib.sha256()
     size = message.size
     try:
-        async for request in requests:
-            if not request.HasField("chunk"):
-                raise errors.message_invalid("only the first message of the stream is a header")
-            chunk = request.chunk
+        async for chunk in pieces:
             if message.filled + len(chunk) > size:
                 raise errors.message_invalid(f"more bytes than the total_size {size}")
             message.write(chunk)
@@ -192,6 +231,24 @@ async def _stream(
     finally:
         if not sent and not peek:
             channel.put_back(message)
+
+
+async def _hand_over(
+    channel: Channel, message: Delivered, peek: bool, folder: Path
+) -> AsyncIterator[pb.ReceiveMessageResponse]:
+    """`_stream`, the bytes written to a file of `folder` that the caller takes."""
+    path = await asyncio.to_thread(write_file, folder, [message.data])
+    header = _message_header(channel.name, message)
+    header.shared_file = str(path)
+    sent = False
+    try:
+        yield pb.ReceiveMessageResponse(header=header)
+        sent = True
+    finally:
+        if not sent:
+            path.unlink(missing_ok=True)
+            if not peek:
+                channel.put_back(message)
 
 
 def _released(release: Callable[[int], None], size: int) -> None:

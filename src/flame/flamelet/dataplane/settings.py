@@ -92,6 +92,8 @@ class TransferLimits:
         leave_timeout: Seconds LeaveChannel waits for pending messages to be sent
             when the caller set no deadline.
         receive_chunk_bytes: Size of the chunks of a ReceiveMessage stream.
+        shared_files: Offer the role code to hand large messages over as files on
+            the host's memory-backed file system instead of chunk streams.
     """
 
     chunk_bytes: int = _MIB
@@ -108,3 +110,4 @@ class TransferLimits:
     connect_timeout: float = 15.0
     leave_timeout: float = 30.0
     receive_chunk_bytes: int = _MIB
+    shared_files: bool = True

@@ -1,0 +1,148 @@
+"""Messages handed over as files on a memory-backed file system instead of chunk streams.
+
+Role code and its flamelet share a host. Streaming a large message between them through
+the Unix socket costs each side several copies of every byte and most of a core; a file
+on a memory-backed file system (`/dev/shm`) costs the writer one copy and the reader a
+mapping. `write_file` fills such a file from a frame's segments; `map_file` maps one
+for reading and removes its name, so the memory goes back once the mapping is dropped.
+
+The folder is private to the flamelet (mode 0700) and files are opened without
+following links, so a name handed over can only designate a file of that folder.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pwd
+import secrets
+import shutil
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+__all__ = [
+    "SHARED_FILE_MIN_BYTES",
+    "SharedFileError",
+    "make_shared_folder",
+    "map_file",
+    "shared_file_fits",
+    "write_file",
+]
+
+# Below this size a chunk stream costs less than creating, mapping and removing a file.
+SHARED_FILE_MIN_BYTES: Final = 1 << 20
+# The memory-backed file system of Linux hosts.
+_SHM_ROOT: Final = Path("/dev/shm")
+# Room kept free on that file system for everything else that uses it.
+_SPARE_BYTES: Final = 64 << 20
+_FILE_PREFIX: Final = "message-"
+_FOLDER_PREFIX: Final = "flame-"
+_USER: Final = pwd.getpwuid(os.getuid()).pw_name
+
+_Bytes = bytes | bytearray | memoryview
+
+
+class SharedFileError(ValueError):
+    """A shared file is missing, misplaced, of the wrong size, or not a regular file."""
+
+
+def make_shared_folder(root: Path = _SHM_ROOT) -> Path | None:
+    """Create a private folder under `root`; None when `root` is absent or read-only.
+
+    The folder is named after this process, so that the folders of processes that
+    died without removing theirs are found and removed here (their memory with them).
+    """
+    if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
+        return None
+    _remove_orphans(root)
+    folder = root / f"{_FOLDER_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+    try:
+        folder.mkdir(mode=0o700)
+    except OSError:
+        return None
+    return folder
+
+
+def _remove_orphans(root: Path) -> None:
+    for folder in root.glob(f"{_FOLDER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_FOLDER_PREFIX).partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and folder.owner() == _USER:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def shared_file_fits(folder: Path, size: int) -> bool:
+    """Whether a message of `size` bytes should travel as a file in `folder`: large
+    enough to be worth it, and leaving the file system its spare room."""
+    if size < SHARED_FILE_MIN_BYTES:
+        return False
+    try:
+        usage = os.statvfs(folder)
+    except OSError:
+        return False
+    return usage.f_bavail * usage.f_frsize >= size + _SPARE_BYTES
+
+
+def write_file(folder: Path, segments: Iterable[_Bytes]) -> Path:
+    """Write `segments` one after the other into a new file of `folder`.
+
+    Raises:
+        OSError: The file cannot be created or written (a full file system); no file
+            is left behind.
+    """
+    path = folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with open(fd, "wb", buffering=0, closefd=False) as file:
+            for segment in segments:
+                view = memoryview(segment).cast("B")
+                while view:
+                    view = view[file.write(view) :]
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    return path
+
+
+def map_file(path: str | Path, size: int, *, folder: Path | None = None) -> memoryview:
+    """Map the file `path` of `size` bytes, remove its name, and return its bytes.
+
+    The mapping is private: writing to the returned view (decoded tensors are views of
+    it) changes this process's copy only, never the file.
+
+    Args:
+        path: The file.
+        size: Its expected size in bytes.
+        folder: When given, the file must be directly inside it.
+
+    Raises:
+        SharedFileError: The file is not a regular file of `folder`, or not `size`
+            bytes long, or cannot be opened.
+    """
+    path = Path(path)
+    if folder is not None and (path.parent != folder or not path.name.startswith(_FILE_PREFIX)):
+        raise SharedFileError(f"{str(path)!r} is not a message file of {str(folder)!r}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SharedFileError(f"cannot open {str(path)!r}: {exc.strerror}") from None
+    try:
+        _check_file(path, os.fstat(fd), size)
+        # The name goes at once: the mapping keeps the memory as long as it is needed.
+        path.unlink(missing_ok=True)
+        if size == 0:
+            return memoryview(bytearray())
+        mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE)
+    finally:
+        os.close(fd)
+    return memoryview(mapped)
+
+
+def _check_file(path: Path, status: os.stat_result, size: int) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        raise SharedFileError(f"{str(path)!r} is not a regular file")
+    if status.st_size != size:
+        raise SharedFileError(f"{str(path)!r} holds {status.st_size} bytes, not {size}")
