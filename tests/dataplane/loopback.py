@@ -1,6 +1,7 @@
 """An in-process Transport with faults on demand, for the transfer logic's tests.
 
-Frames go through the event loop (never synchronously), presence behaves like the
+Frames go through the event loop (never synchronously), a chunk's bytes inside its
+frame (the hook sees whole frames), presence behaves like the
 MQTT scheme (a JOIN is retained for later joiners; a dropped connection reads as a
 LEAVE), and a `fault` hook sees every chunk and ack on its way and decides what
 arrives: nothing, the frame, a changed frame, or several copies.
@@ -15,7 +16,13 @@ from collections.abc import Callable
 from flame.flamelet.dataplane.channel import Channel
 from flame.flamelet.dataplane.config import ChannelSpec
 from flame.flamelet.dataplane.settings import TransferLimits
-from flame.flamelet.dataplane.transport import Endpoint, FrameSink, NotConnected, Transport
+from flame.flamelet.dataplane.transport import (
+    Bytes,
+    Endpoint,
+    FrameSink,
+    NotConnected,
+    Transport,
+)
 from flame.transport.v1 import frame_pb2
 
 Presence = frame_pb2.Presence
@@ -24,6 +31,17 @@ Fault = Callable[[frame_pb2.Frame], list[frame_pb2.Frame]]
 
 def no_fault(frame: frame_pb2.Frame) -> list[frame_pb2.Frame]:
     return [frame]
+
+
+def hand_over(sink: FrameSink, frame: frame_pb2.Frame) -> None:
+    """Give `sink` a whole frame as transports do: a chunk's bytes apart."""
+    data = b""
+    if frame.HasField("chunk"):
+        part = frame_pb2.Frame()
+        part.CopyFrom(frame)
+        data, frame = part.chunk.data, part
+        part.chunk.ClearField("data")
+    sink.frame_received(frame, data)
 
 
 class LoopbackNetwork:
@@ -69,7 +87,7 @@ class LoopbackTransport(Transport):
 
     def _arrive(self, frame: frame_pb2.Frame) -> None:
         if self.connected:
-            self.sink.frame_received(frame)
+            hand_over(self.sink, frame)
 
     async def connect(self) -> None:
         self.connected = True
@@ -81,10 +99,14 @@ class LoopbackTransport(Transport):
         self.joined = kind == Presence.TYPE_JOIN
         self.network.presence(self, self.endpoint.presence(kind))
 
-    async def publish(self, end_id: str, frame: frame_pb2.Frame) -> None:
+    async def publish(self, end_id: str, frame: frame_pb2.Frame, data: Bytes = b"") -> None:
         self._check()
         await asyncio.sleep(0)  # A publish yields, as a real one may.
-        self.network.route(self, end_id, frame)
+        whole = frame_pb2.Frame()
+        whole.CopyFrom(frame)
+        if whole.HasField("chunk"):
+            whole.chunk.data = bytes(data)
+        self.network.route(self, end_id, whole)
 
     async def close(self) -> None:
         self.connected = False

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from flame.flamelet.dataplane import MqttTransport
+from flame.flamelet.dataplane.transport import Bytes
 from flame.transport.v1 import frame_pb2
 from tests.dataplane.brokers import Mosquitto
 from tests.dataplane.support import CHANNEL, MIB, Task, Tasks, job_id, payload, sha256
@@ -23,8 +24,10 @@ def chunks_sent(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
     sent: Counter[int] = Counter()
     publish = MqttTransport.publish
 
-    async def counting(self: MqttTransport, end_id: str, frame: frame_pb2.Frame) -> None:
-        await publish(self, end_id, frame)
+    async def counting(
+        self: MqttTransport, end_id: str, frame: frame_pb2.Frame, data: Bytes = b""
+    ) -> None:
+        await publish(self, end_id, frame, data)
         if frame.HasField("chunk"):
             sent[frame.chunk.sequence] += 1
 

@@ -22,6 +22,7 @@ from flame.compute.v1 import compute_service_pb2 as compute_pb
 from flame.flamelet.dataplane import P2pTransport, PeerSettings, start_dataplane
 from flame.flamelet.dataplane.discovery import DIRECTORY_ENV, DiscoveryRefused, directory_root
 from flame.flamelet.dataplane.p2p import CHANNEL_KEY, END_ID_KEY, GROUP_KEY, JOB_ID_KEY
+from flame.flamelet.dataplane.transport import Bytes
 from flame.job.v1 import job_pb2
 from flame.job.v1 import job_service_pb2 as job_pb
 from flame.peer.v1 import peer_service_pb2 as peer_pb
@@ -58,8 +59,10 @@ def chunks_sent(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
     sent: Counter[int] = Counter()
     publish = P2pTransport.publish
 
-    async def counting(self: P2pTransport, end_id: str, frame: frame_pb2.Frame) -> None:
-        await publish(self, end_id, frame)
+    async def counting(
+        self: P2pTransport, end_id: str, frame: frame_pb2.Frame, data: Bytes = b""
+    ) -> None:
+        await publish(self, end_id, frame, data)
         if frame.HasField("chunk"):
             sent[frame.chunk.sequence] += 1
 

@@ -17,7 +17,7 @@ from flame.flamelet.dataplane.inbox import Delivered
 from flame.flamelet.dataplane.outbox import Outgoing, Transfer
 from flame.flamelet.dataplane.settings import TransferLimits
 from flame.transport.v1 import frame_pb2
-from tests.dataplane.loopback import LoopbackNetwork, LoopbackTransport, open_channel
+from tests.dataplane.loopback import LoopbackNetwork, LoopbackTransport, hand_over, open_channel
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -128,7 +128,7 @@ async def test_repeated_chunks_and_replays_deliver_once(ends: Ends) -> None:
     before = completions
     # Every chunk once more, long after the completion (a late resend).
     for frame in chunks:
-        ends.aggregator.frame_received(frame)
+        hand_over(ends.aggregator, frame)
     await asyncio.sleep(0.05)
     assert await ends.aggregator.receive(None, no_wait=True) is None
     assert completions == before + len(chunks)  # Each is answered: the message is complete.

@@ -3,11 +3,16 @@ calls over a Unix socket, and the PeerService peer flamelets call over TCP."""
 
 from __future__ import annotations
 
+import grpc
+
 from flame.dataplane.v1 import channel_service_pb2, channel_service_pb2_grpc
 from flame.peer.v1 import peer_service_pb2, peer_service_pb2_grpc
 from flame.rpc.server import Service, bind
 
-__all__ = ["channel_services", "peer_services"]
+__all__ = ["TRANSFER_CHUNKS_METHOD", "channel_services", "peer_services"]
+
+# Called with requests laid out by `flame.wire.chunkframes.encode_chunk`.
+TRANSFER_CHUNKS_METHOD = "/flame.peer.v1.PeerService/TransferChunks"
 
 
 def channel_services(servicer: channel_service_pb2_grpc.ChannelServiceServicer) -> list[Service]:
@@ -26,7 +31,34 @@ def peer_services(servicer: peer_service_pb2_grpc.PeerServiceServicer) -> list[S
     return [
         bind(
             peer_service_pb2.DESCRIPTOR.services_by_name["PeerService"],
-            peer_service_pb2_grpc.add_PeerServiceServicer_to_server,
+            _add_peer_service,
             servicer,
         )
     ]
+
+
+def _add_peer_service(
+    servicer: peer_service_pb2_grpc.PeerServiceServicer, server: grpc.aio.Server
+) -> None:
+    """`add_PeerServiceServicer_to_server`, but TransferChunks takes its requests
+    serialized: the servicer reads them with `flame.wire.chunkframes`, so that a chunk's
+    bytes are never copied through protobuf."""
+    pb = peer_service_pb2
+    handlers = {
+        "AnnouncePresence": grpc.unary_unary_rpc_method_handler(
+            servicer.AnnouncePresence,
+            request_deserializer=pb.AnnouncePresenceRequest.FromString,
+            response_serializer=pb.AnnouncePresenceResponse.SerializeToString,
+        ),
+        "TransferChunks": grpc.stream_stream_rpc_method_handler(
+            servicer.TransferChunks,
+            response_serializer=pb.TransferChunksResponse.SerializeToString,
+        ),
+        "GetTransferState": grpc.unary_unary_rpc_method_handler(
+            servicer.GetTransferState,
+            request_deserializer=pb.GetTransferStateRequest.FromString,
+            response_serializer=pb.GetTransferStateResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["PeerService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

@@ -12,7 +12,7 @@ from flame.flamelet.dataplane.ends import EndInfo, Membership
 from flame.flamelet.dataplane.inbox import Delivered, Inbox, RecentIds
 from flame.flamelet.dataplane.outbox import Outbox, Outgoing, Transfer
 from flame.flamelet.dataplane.settings import TransferLimits
-from flame.flamelet.dataplane.transport import Endpoint, NotConnected, TransportFactory
+from flame.flamelet.dataplane.transport import Bytes, Endpoint, NotConnected, TransportFactory
 from flame.transport.v1 import frame_pb2
 
 __all__ = ["Channel"]
@@ -191,11 +191,11 @@ class Channel:
 
     # --- the transport's side (FrameSink) -----------------------------------
 
-    def frame_received(self, frame: frame_pb2.Frame) -> None:
-        """Dispatch a frame from the transport; a frame that cannot be handled is
-        logged and dropped, it never stops the channel."""
+    def frame_received(self, frame: frame_pb2.Frame, data: Bytes = b"") -> None:
+        """Dispatch a frame from the transport (a chunk's bytes in `data`); a frame that
+        cannot be handled is logged and dropped, it never stops the channel."""
         try:
-            self._dispatch(frame)
+            self._dispatch(frame, data)
         except Exception:
             _log.exception(
                 "dropped a frame that could not be handled", extra={"channel": self.name}
@@ -205,7 +205,7 @@ class Channel:
         """Resume transfers after the transport reconnected."""
         self._outbox.connection_restored()
 
-    def _dispatch(self, frame: frame_pb2.Frame) -> None:
+    def _dispatch(self, frame: frame_pb2.Frame, data: Bytes) -> None:
         kind = frame.WhichOneof("kind")
         if kind == "presence":
             self._presence(frame.presence)
@@ -213,7 +213,7 @@ class Channel:
             # Only ends are heard. An end's JOIN precedes its chunks on the wire, and
             # a chunk dropped here is sent again after its sender's stall timeout.
             if self.membership.is_known(frame.chunk.sender_id):
-                self._inbox.chunk_received(frame.chunk)
+                self._inbox.chunk_received(frame.chunk, data)
         elif kind == "ack":
             self._outbox.ack_received(frame.ack)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from flame.flamelet.dataplane.settings import TransferLimits
+from flame.flamelet.dataplane.transport import Bytes
 from flame.transport.v1 import frame_pb2
 from flame.wire import ChunkError, Reassembler
 
@@ -57,7 +58,7 @@ class Delivered:
 
     sender_id: str
     message_id: str
-    data: bytearray
+    data: memoryview
     sha256: str
     broadcast: bool
     receive_time: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -132,8 +133,8 @@ class Inbox:
         self._completed: dict[str, RecentIds] = {}
         self._queue: deque[Delivered] = deque()
 
-    def chunk_received(self, chunk: frame_pb2.Chunk) -> None:
-        """Take one chunk addressed to this end."""
+    def chunk_received(self, chunk: frame_pb2.Chunk, data: Bytes) -> None:
+        """Take one chunk addressed to this end, with its bytes `data`."""
         sender, message_id = chunk.sender_id, chunk.message_id
         if not sender or not message_id or sender == self._end_id:
             _log.warning("dropped a chunk without sender or message id")
@@ -150,7 +151,7 @@ class Inbox:
             _log.warning("dropped a chunk contradicting its message", extra=_where(chunk))
             return
         if incoming is not None:
-            self._add(incoming, chunk)
+            self._add(incoming, chunk.sequence, data)
 
     def take(self, senders: Collection[str] | None, *, peek: bool = False) -> Delivered | None:
         """The oldest queued message from one of `senders` (any sender when None).
@@ -206,11 +207,11 @@ class Inbox:
         self._incoming[chunk.sender_id] = incoming
         return incoming
 
-    def _add(self, incoming: _Incoming, chunk: frame_pb2.Chunk) -> None:
+    def _add(self, incoming: _Incoming, sequence: int, data: Bytes) -> None:
         reassembler = incoming.reassembler
         if not reassembler.complete:  # An empty message is complete from the start.
             try:
-                added = reassembler.add(chunk.sequence, chunk.data)
+                added = reassembler.add(sequence, data)
             except ChunkError:
                 self._report(incoming, gap=True)
                 return

@@ -28,8 +28,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from flame.flamelet.dataplane.settings import BrokerSettings, MqttProtocol, TransferLimits
 from flame.flamelet.dataplane.topics import ChannelTopics, TopicKind
-from flame.flamelet.dataplane.transport import Endpoint, FrameSink, NotConnected, Transport
+from flame.flamelet.dataplane.transport import Bytes, Endpoint, FrameSink, NotConnected, Transport
 from flame.transport.v1 import frame_pb2
+from flame.wire.chunkframes import encode_chunk, field_number, read_chunk_frame
 
 __all__ = ["MqttTransport", "mqtt_transports"]
 
@@ -37,6 +38,7 @@ _log = logging.getLogger(__name__)
 
 Presence = frame_pb2.Presence
 _QOS = 1
+_FRAME_CHUNK_FIELD = field_number(frame_pb2.Frame, "chunk")
 # paho doubles its reconnect delay from the first to the second value, in seconds.
 _RECONNECT_DELAYS = (1, 8)
 _STOP_SECONDS = 5.0
@@ -117,14 +119,15 @@ class MqttTransport(Transport):
         self._joined = True
         await self._publish(self._topics.own_presence, self._join_payload(), retain=True)
 
-    async def publish(self, end_id: str, frame: frame_pb2.Frame) -> None:
+    async def publish(self, end_id: str, frame: frame_pb2.Frame, data: Bytes = b"") -> None:
         if frame.HasField("chunk"):
             topic = self._topics.data(end_id)
+            payload = encode_chunk(frame.chunk, data, _FRAME_CHUNK_FIELD)
         elif frame.HasField("ack"):
-            topic = self._topics.ack(end_id)
+            topic, payload = self._topics.ack(end_id), frame.SerializeToString()
         else:
             raise ValueError("only chunk and ack frames are addressed to an end")
-        await self._publish(topic, frame.SerializeToString())
+        await self._publish(topic, payload)
 
     async def close(self) -> None:
         # DISCONNECT follows whatever is queued, so a LEAVE announced just before
@@ -219,9 +222,9 @@ class MqttTransport(Transport):
         self._post(self._acknowledged, mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        frame = self._decode(message.topic, message.payload)
-        if frame is not None:
-            self._post(self._sink.frame_received, frame)
+        decoded = self._decode(message.topic, message.payload)
+        if decoded is not None:
+            self._post(self._sink.frame_received, *decoded)
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         # A closed loop means the bridge is gone: nobody is left to tell.
@@ -277,7 +280,10 @@ class MqttTransport(Transport):
         except TimeoutError:
             _log.warning("paho's network thread did not stop", extra=self._log_extra())
 
-    def _decode(self, topic: str, payload: bytes | bytearray) -> frame_pb2.Frame | None:
+    def _decode(
+        self, topic: str, payload: bytes | bytearray
+    ) -> tuple[frame_pb2.Frame, memoryview] | None:
+        """The frame on `topic`, and a chunk's bytes as a view of `payload`."""
         parsed = self._topics.parse(topic)
         if parsed is None:
             # A broker may misroute: amqtt 0.12 sends a new client the retained
@@ -291,16 +297,16 @@ class MqttTransport(Transport):
         if kind == "presence" and end_id == self._endpoint.end_id:
             return None  # Our own presence, seen on a self-loop channel.
         if kind == "presence" and not payload:
-            return frame_pb2.Frame(presence=self._gone(role, end_id))
+            return frame_pb2.Frame(presence=self._gone(role, end_id)), memoryview(b"")
         try:
             # upb parses any buffer; the stub only names bytes.
-            frame = frame_pb2.Frame.FromString(cast(bytes, payload))
+            frame, data = read_chunk_frame(cast(bytes, payload), frame_pb2.Frame, "chunk")
         except DecodeError:
             frame = None
         if frame is None or not self._matches(frame, kind, role, end_id):
             _log.warning("dropped a malformed frame", extra={"topic": topic, "size": len(payload)})
             return None
-        return frame
+        return frame, data
 
     def _gone(self, role: str, end_id: str) -> Presence:
         e = self._endpoint

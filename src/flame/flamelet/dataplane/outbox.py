@@ -30,14 +30,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from flame.flamelet.dataplane.settings import TransferLimits
-from flame.flamelet.dataplane.transport import Endpoint, NotConnected
+from flame.flamelet.dataplane.transport import Bytes, Endpoint, NotConnected
 from flame.transport.v1 import frame_pb2
 
 __all__ = ["Outbox", "Outgoing", "Transfer"]
 
 _log = logging.getLogger(__name__)
 
-Publish = Callable[[str, frame_pb2.Frame], Awaitable[None]]
+Publish = Callable[[str, frame_pb2.Frame, Bytes], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -215,7 +215,7 @@ class Transfer:
         self.progress.set()
 
     def frame(self, sender_id: str, channel: str, sequence: int) -> frame_pb2.Frame:
-        """The chunk frame `sequence` of the message."""
+        """The chunk frame `sequence` of the message, without its bytes (`piece`)."""
         m = self.message
         frame = frame_pb2.Frame()
         chunk = frame.chunk
@@ -226,7 +226,6 @@ class Transfer:
         chunk.total_chunks = m.total_chunks
         chunk.total_size = m.size
         chunk.sha256 = m.sha256
-        chunk.data = bytes(m.piece(sequence))
         chunk.broadcast = m.broadcast
         return frame
 
@@ -367,7 +366,9 @@ class Outbox:
             transfer.next += 1
             try:
                 await self._publish(
-                    transfer.receiver_id, transfer.frame(e.end_id, e.channel, sequence)
+                    transfer.receiver_id,
+                    transfer.frame(e.end_id, e.channel, sequence),
+                    message.piece(sequence),
                 )
             except NotConnected:
                 # Not sent; connection_restored() rewinds and wakes the transfer.

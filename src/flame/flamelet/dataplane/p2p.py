@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from flame.flamelet.dataplane.discovery import (
     Addresses,
@@ -42,14 +43,15 @@ from flame.flamelet.dataplane.discovery import (
     DiscoveryUnavailable,
 )
 from flame.flamelet.dataplane.settings import TransferLimits
-from flame.flamelet.dataplane.transport import Endpoint, FrameSink, NotConnected, Transport
-from flame.flamelet.servers import peer_services
+from flame.flamelet.dataplane.transport import Bytes, Endpoint, FrameSink, NotConnected, Transport
+from flame.flamelet.servers import TRANSFER_CHUNKS_METHOD, peer_services
 from flame.peer.v1 import peer_service_pb2 as pb
 from flame.peer.v1 import peer_service_pb2_grpc
 from flame.rpc.errors import FailedPrecondition, InvalidArgument
 from flame.rpc.server import RunningServer, ServerOptions, start_server
 from flame.rpc.tls import ClientTls, ServerTls
 from flame.transport.v1 import frame_pb2
+from flame.wire.chunkframes import encode_chunk, field_number, read_chunk_frame
 
 __all__ = [
     "CHANNEL_KEY",
@@ -66,13 +68,14 @@ _log = logging.getLogger(__name__)
 
 Presence = frame_pb2.Presence
 Context = Any
-_Call = grpc.aio.StreamStreamCall[pb.TransferChunksRequest, pb.TransferChunksResponse]
+_Call = grpc.aio.StreamStreamCall[bytes, pb.TransferChunksResponse]
 
 JOB_ID_KEY = "x-flame-job-id"
 CHANNEL_KEY = "x-flame-channel"
 GROUP_KEY = "x-flame-group"
 END_ID_KEY = "x-flame-end-id"
 
+_REQUEST_CHUNK_FIELD = field_number(pb.TransferChunksRequest, "chunk")
 _WILDCARDS = frozenset({"0.0.0.0", "::", "[::]"})
 # Room for a chunk's fields around its data.
 _FRAME_OVERHEAD = 64 * 1024
@@ -263,10 +266,11 @@ class PeerServicer(peer_service_pb2_grpc.PeerServiceServicer):
         presence = await transport.presence_announced(caller, request)
         return pb.AnnouncePresenceResponse(presence=presence)
 
-    async def TransferChunks(
-        self, request_iterator: AsyncIterator[pb.TransferChunksRequest], context: Context
+    async def TransferChunks(  # type: ignore[override]  # serialized requests, see above
+        self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[pb.TransferChunksResponse]:
-        """Take a peer's chunks; answer the acks of its messages."""
+        """Take a peer's chunks, as serialized requests (see `peer_method_handlers`);
+        answer the acks of its messages."""
         transport, caller = self._hub.route(context)
         async for ack in transport.chunks_arriving(caller, request_iterator):
             yield pb.TransferChunksResponse(ack=ack)
@@ -347,12 +351,12 @@ class P2pTransport(Transport):
         timeout = min(self.settings.call_timeout, 2.0)
         await asyncio.gather(*(peer.announce(Presence.TYPE_LEAVE, timeout) for peer in peers))
 
-    async def publish(self, end_id: str, frame: frame_pb2.Frame) -> None:
+    async def publish(self, end_id: str, frame: frame_pb2.Frame, data: Bytes = b"") -> None:
         if frame.HasField("chunk"):
             peer = self._peers.get(end_id)
             if peer is None:
                 raise NotConnected(f"{end_id} is not a current end")
-            await peer.link.send(frame.chunk)
+            await peer.link.send(frame.chunk, data)
         elif frame.HasField("ack"):
             ack = frame_pb2.Ack()
             ack.CopyFrom(frame.ack)
@@ -401,7 +405,7 @@ class P2pTransport(Transport):
         return self.endpoint.presence(Presence.TYPE_JOIN)
 
     async def chunks_arriving(
-        self, caller: str, requests: AsyncIterator[pb.TransferChunksRequest]
+        self, caller: str, requests: AsyncIterator[bytes]
     ) -> AsyncIterator[frame_pb2.Ack]:
         """Hand a peer's chunks to the sink; yield the acks for that peer.
 
@@ -576,17 +580,22 @@ class P2pTransport(Transport):
     async def _take_chunks(
         self,
         peer: _Peer,
-        requests: AsyncIterator[pb.TransferChunksRequest],
+        requests: AsyncIterator[bytes],
         inbound: _Inbound,
     ) -> None:
         try:
-            async for request in requests:
+            async for serialized in requests:
+                try:
+                    request, data = read_chunk_frame(serialized, pb.TransferChunksRequest, "chunk")
+                except DecodeError:
+                    inbound.error = frame_invalid("a request is no TransferChunksRequest")
+                    break
                 chunk = request.chunk
                 if (chunk.sender_id, chunk.channel) != (peer.end_id, self.endpoint.channel):
                     inbound.error = frame_invalid("the chunk is not the caller's on this channel")
                     break
                 peer.heard()
-                self.sink.frame_received(frame_pb2.Frame(chunk=chunk))
+                self.sink.frame_received(frame_pb2.Frame(chunk=chunk), data)
         except grpc.RpcError as error:
             _log.debug("a chunk stream broke: %s", error, extra=self._log_extra())
         finally:
@@ -645,6 +654,12 @@ class _Peer:
         self.stub: peer_service_pb2_grpc.PeerServiceAsyncStub = (
             peer_service_pb2_grpc.PeerServiceStub(self.channel)
         )
+        # TransferChunks requests go serialized by `encode_chunk`, not by protobuf.
+        self.transfer_chunks = self.channel.stream_stream(
+            TRANSFER_CHUNKS_METHOD,
+            request_serializer=None,
+            response_deserializer=pb.TransferChunksResponse.FromString,
+        )
         self.heard_at = asyncio.get_running_loop().time()
         self.link = _Link(self)
 
@@ -696,8 +711,8 @@ class _Link:
         # The message whose chunks were sent and whose completion was not seen.
         self._in_flight = ""
 
-    async def send(self, chunk: frame_pb2.Chunk) -> None:
-        """Write one chunk on the stream, opening it if needed.
+    async def send(self, chunk: frame_pb2.Chunk, data: Bytes) -> None:
+        """Write one chunk, its bytes `data`, on the stream, opening it if needed.
 
         Raises:
             NotConnected: The stream dropped, or is being resumed.
@@ -709,7 +724,7 @@ class _Link:
             self._in_flight = chunk.message_id
             try:
                 async with asyncio.timeout(self._transport.settings.call_timeout):
-                    await call.write(pb.TransferChunksRequest(chunk=chunk))
+                    await call.write(encode_chunk(chunk, data, _REQUEST_CHUNK_FIELD))
             except (grpc.RpcError, asyncio.InvalidStateError, TimeoutError) as error:
                 self._dropped(call)
                 raise NotConnected(f"the stream to {self._peer.end_id} dropped") from error
@@ -726,7 +741,7 @@ class _Link:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _open(self) -> _Call:
-        call = self._peer.stub.TransferChunks(None, metadata=self._transport.metadata)
+        call: _Call = self._peer.transfer_chunks(None, metadata=self._transport.metadata)
         self._call = call
         self._reader = asyncio.create_task(self._read(call))
         return call

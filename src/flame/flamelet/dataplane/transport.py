@@ -19,7 +19,10 @@ from typing import Protocol
 
 from flame.transport.v1 import frame_pb2
 
-__all__ = ["Endpoint", "FrameSink", "NotConnected", "Transport", "TransportFactory"]
+__all__ = ["Bytes", "Endpoint", "FrameSink", "NotConnected", "Transport", "TransportFactory"]
+
+# The bytes of a chunk, as they are at hand: never copied just to change their type.
+Bytes = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,11 @@ class Endpoint:
 class FrameSink(Protocol):
     """Where a transport delivers what it receives; called on the event loop."""
 
-    def frame_received(self, frame: frame_pb2.Frame) -> None:
-        """A well-formed frame arrived for this end, or an end's presence changed."""
+    def frame_received(self, frame: frame_pb2.Frame, data: Bytes = b"") -> None:
+        """A well-formed frame arrived for this end, or an end's presence changed.
+
+        A chunk's bytes come as `data`, out of the frame (whose `chunk.data` is empty).
+        """
 
     def connection_restored(self) -> None:
         """The transport (re)connected, re-subscribed and re-announced this end.
@@ -87,8 +93,9 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    async def publish(self, end_id: str, frame: frame_pb2.Frame) -> None:
-        """Send a chunk or ack frame to `end_id`.
+    async def publish(self, end_id: str, frame: frame_pb2.Frame, data: Bytes = b"") -> None:
+        """Send a chunk or ack frame to `end_id`; a chunk's bytes are `data`, kept out
+        of the frame so that they are copied once, into the frame on the wire.
 
         Waits while too many bytes are on their way (backpressure); returns once the
         frame is handed to the network, not once it arrived.
