@@ -9,6 +9,7 @@ import pytest
 
 from flame.wire.shared import (
     SHARED_FILE_MIN_BYTES,
+    SharedBuffer,
     SharedFileError,
     make_shared_folder,
     map_file,
@@ -95,3 +96,26 @@ def test_the_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
     # A living process's folder stays.
     again = make_shared_folder(tmp_path)
     assert again is not None and living.exists()
+
+
+def test_a_buffer_is_named_for_a_reader_without_a_copy(folder: Path) -> None:
+    buffer = SharedBuffer(folder, 8)
+    buffer.view[:] = b"weights!"
+    first, second = buffer.name(), buffer.name()
+    assert bytes(map_file(first, 8, folder=folder)) == b"weights!"
+    # The same bytes under each name: one file, not copies.
+    assert second.stat().st_ino == buffer_inode(folder, second)
+    assert bytes(map_file(second, 8, folder=folder, writable=False)) == b"weights!"
+
+
+def test_a_buffer_takes_its_own_name_away_when_dropped(folder: Path) -> None:
+    buffer = SharedBuffer(folder, 8)
+    assert len(list(folder.iterdir())) == 1
+    del buffer
+    assert list(folder.iterdir()) == []
+
+
+def buffer_inode(folder: Path, name: Path) -> int:
+    inodes = {path.stat().st_ino for path in folder.iterdir()}
+    assert len(inodes) == 1, "every name is of one file"
+    return inodes.pop()

@@ -14,6 +14,7 @@ from flame.wire.chunks import (
     MAX_MESSAGE_BYTES,
     ChunkError,
     Reassembler,
+    anonymous_buffer,
     iter_chunks,
     message_digest,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "DecodeError",
     "EncodedMessage",
     "Reassembler",
+    "anonymous_buffer",
     "decode",
     "encode",
     "encode_bytes",

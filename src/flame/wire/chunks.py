@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "ChunkError",
     "Reassembler",
+    "anonymous_buffer",
     "iter_chunks",
     "message_digest",
 ]
@@ -95,6 +96,8 @@ class Reassembler:
         sha256: Lowercase hex SHA-256 of the message, or empty when it is announced
             later (`announce_digest`), before `result()`.
         max_message_bytes: The largest `total_size` accepted.
+        allocate: Returns the zeroed, writable buffer of a valid message's bytes, given
+            their size; anonymous memory by default.
 
     Raises:
         ChunkError: The announced size, count or digest is invalid or too large.
@@ -108,15 +111,14 @@ class Reassembler:
         sha256: str,
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        allocate: Callable[[int], memoryview] | None = None,
     ) -> None:
         _check_announcement(total_size, total_chunks, sha256, max_message_bytes)
         self.message_id = message_id
         self.total_size = total_size
         self.total_chunks = total_chunks
         self._sha256 = sha256
-        # Anonymous memory starts zeroed by the kernel, page by page as it is written:
-        # unlike a bytearray, not zeroed (every page touched) once before the copy.
-        self._buffer = memoryview(mmap.mmap(-1, total_size) if total_size else bytearray())
+        self._buffer = (allocate or anonymous_buffer)(total_size)
         self._digest = hashlib.sha256()
         self._written = 0
         self._next = 0
@@ -200,6 +202,15 @@ class Reassembler:
                 f"{self._written} of {self.total_size} bytes received, "
                 f"{chunks_after} chunks to come"
             )
+
+
+def anonymous_buffer(size: int) -> memoryview:
+    """`size` zeroed bytes of anonymous memory.
+
+    The kernel zeroes them page by page as they are written: unlike a bytearray, whose
+    every page is touched once to be zeroed before it is filled.
+    """
+    return memoryview(mmap.mmap(-1, size) if size else bytearray())
 
 
 def _check_announcement(

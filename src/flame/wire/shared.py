@@ -18,12 +18,14 @@ import pwd
 import secrets
 import shutil
 import stat
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
 __all__ = [
     "SHARED_FILE_MIN_BYTES",
+    "SharedBuffer",
     "SharedFileError",
     "make_shared_folder",
     "map_file",
@@ -107,16 +109,20 @@ def write_file(folder: Path, segments: Iterable[_Bytes]) -> Path:
     return path
 
 
-def map_file(path: str | Path, size: int, *, folder: Path | None = None) -> memoryview:
+def map_file(
+    path: str | Path, size: int, *, folder: Path | None = None, writable: bool = True
+) -> memoryview:
     """Map the file `path` of `size` bytes, remove its name, and return its bytes.
 
-    The mapping is private: writing to the returned view (decoded tensors are views of
-    it) changes this process's copy only, never the file.
+    A writable mapping is private: writing to the returned view (decoded tensors are
+    views of it) changes this process's copy only, never the file. A read-only one is
+    mapped whole at once, cheaper than a fault per page for a reader of every byte.
 
     Args:
         path: The file.
         size: Its expected size in bytes.
         folder: When given, the file must be directly inside it.
+        writable: Whether the view must be writable.
 
     Raises:
         SharedFileError: The file is not a regular file of `folder`, or not `size`
@@ -135,10 +141,47 @@ def map_file(path: str | Path, size: int, *, folder: Path | None = None) -> memo
         path.unlink(missing_ok=True)
         if size == 0:
             return memoryview(bytearray())
-        mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE)
+        if writable:
+            mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE)
+        else:
+            flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+            mapped = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
     return memoryview(mapped)
+
+
+class SharedBuffer:
+    """A file of a shared folder, mapped for writing: a receiver reassembles a message
+    into it, then `name`s it for the role code to map, without copying a byte.
+
+    Its own name goes once the buffer is garbage (the mapping and the names handed
+    out keep the bytes for as long as they are used); a folder left by a process
+    that died goes with the next `make_shared_folder`.
+
+    Raises:
+        OSError: The file system is full.
+    """
+
+    def __init__(self, folder: Path, size: int) -> None:
+        self._folder = folder
+        self._path = folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.view = memoryview(mmap.mmap(fd, size))
+        except BaseException:
+            self._path.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        weakref.finalize(self, self._path.unlink, missing_ok=True)
+
+    def name(self) -> Path:
+        """Give the file a new name in its folder, for a reader to `map_file`."""
+        path = self._folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
+        os.link(self._path, path)
+        return path
 
 
 def _check_file(path: Path, status: os.stat_result, size: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from flame.flamelet.dataplane import errors
 from flame.flamelet.dataplane.channel import Channel
@@ -54,6 +55,8 @@ class Bridge:
         config: The task's identity and channels.
         transports: A transport factory per backend sort (`mqtt`, `p2p`).
         limits: Transfer sizes and timings.
+        shared_folder: Where messages pass to and from the role code as files, if
+            anywhere (see `flame.wire.shared`).
     """
 
     def __init__(
@@ -62,9 +65,11 @@ class Bridge:
         *,
         transports: Mapping[str, TransportFactory],
         limits: TransferLimits,
+        shared_folder: Path | None = None,
     ) -> None:
         self.config = config
         self.limits = limits
+        self.shared_folder = shared_folder
         self.budget = ByteBudget(limits.outbox_bytes)
         self._transports = dict(transports)
         self._channels: dict[str, Channel] = {}
@@ -143,7 +148,7 @@ class Bridge:
             other_role=spec.other_role,
             end_id=self.config.task_id,
         )
-        channel = Channel(spec, endpoint, transports, self.limits)
+        channel = Channel(spec, endpoint, transports, self.limits, self.shared_folder)
         try:
             await channel.open()
         except (OSError, TimeoutError) as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from flame.flamelet.dataplane import errors
 from flame.flamelet.dataplane.config import ChannelSpec
@@ -54,6 +55,7 @@ class Channel:
         endpoint: Endpoint,
         transports: TransportFactory,
         limits: TransferLimits,
+        shared_folder: Path | None = None,
     ) -> None:
         self.spec = spec
         self.endpoint = endpoint
@@ -64,7 +66,9 @@ class Channel:
         self._acks: asyncio.Queue[tuple[str, frame_pb2.Ack]] = asyncio.Queue()
         self._ack_task: asyncio.Task[None] | None = None
         self._sent_ids = RecentIds(limits.completed_ids)
-        self._inbox = Inbox(endpoint.end_id, limits, self._queue_ack, self._changed.notify)
+        self._inbox = Inbox(
+            endpoint.end_id, limits, self._queue_ack, self._changed.notify, shared_folder
+        )
         self._transport = transports(endpoint, self)
         self._outbox = Outbox(endpoint, self._transport.publish, limits)
 

@@ -30,11 +30,13 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flame.flamelet.dataplane.settings import TransferLimits
 from flame.flamelet.dataplane.transport import Bytes
 from flame.transport.v1 import frame_pb2
-from flame.wire import ChunkError, Reassembler
+from flame.wire import ChunkError, Reassembler, anonymous_buffer
+from flame.wire.shared import SharedBuffer, shared_file_fits
 
 __all__ = ["Delivered", "Inbox", "RecentIds"]
 
@@ -62,12 +64,15 @@ class Delivered:
     sha256: str
     broadcast: bool
     receive_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # The nameless file `data` maps, when the message was reassembled into one.
+    shared: SharedBuffer | None = None
 
 
 @dataclass(eq=False)
 class _Incoming:
     chunk: frame_pb2.Chunk  # The first chunk seen, without its data.
     reassembler: Reassembler
+    shared: SharedBuffer | None
     acked: int = 0
     # The position last reported out of the normal rate, and when (monotonic).
     reported: tuple[int, float] = (-1, 0.0)
@@ -124,8 +129,10 @@ class Inbox:
         limits: TransferLimits,
         send_ack: AckSender,
         delivered: Callable[[], None],
+        shared_folder: Path | None = None,
     ) -> None:
         self._end_id = end_id
+        self._shared_folder = shared_folder
         self._limits = limits
         self._send_ack = send_ack
         self._delivered = delivered
@@ -182,6 +189,13 @@ class Inbox:
 
     def _start(self, chunk: frame_pb2.Chunk) -> _Incoming | None:
         self._incoming.pop(chunk.sender_id, None)
+        shared: SharedBuffer | None = None
+
+        def allocate(size: int) -> memoryview:
+            nonlocal shared
+            shared = self._shared_buffer(size)
+            return anonymous_buffer(size) if shared is None else shared.view
+
         try:
             reassembler = Reassembler(
                 chunk.message_id,
@@ -189,6 +203,7 @@ class Inbox:
                 chunk.total_chunks,
                 chunk.sha256,
                 max_message_bytes=self._limits.max_message_bytes,
+                allocate=allocate,
             )
         except ChunkError as error:
             _log.warning("dropped a chunk of an invalid message: %s", error, extra=_where(chunk))
@@ -203,9 +218,20 @@ class Inbox:
             sha256=chunk.sha256,
             broadcast=chunk.broadcast,
         )
-        incoming = _Incoming(announcement, reassembler)
+        incoming = _Incoming(announcement, reassembler, shared)
         self._incoming[chunk.sender_id] = incoming
         return incoming
+
+    def _shared_buffer(self, size: int) -> SharedBuffer | None:
+        """A file of the shared folder for a message the role code will take as one."""
+        folder = self._shared_folder
+        if folder is None or not shared_file_fits(folder, size):
+            return None
+        try:
+            return SharedBuffer(folder, size)
+        except OSError as error:  # No O_TMPFILE there, or no room after all.
+            _log.debug("reassembling in memory: %s", error)
+            return None
 
     def _add(self, incoming: _Incoming, sequence: int, data: Bytes) -> None:
         reassembler = incoming.reassembler
@@ -252,7 +278,14 @@ class Inbox:
         recent = self._completed.setdefault(chunk.sender_id, RecentIds(self._limits.completed_ids))
         recent.add(chunk.message_id)
         self._queue.append(
-            Delivered(chunk.sender_id, chunk.message_id, data, chunk.sha256, chunk.broadcast)
+            Delivered(
+                chunk.sender_id,
+                chunk.message_id,
+                data,
+                chunk.sha256,
+                chunk.broadcast,
+                shared=incoming.shared,
+            )
         )
         self._ack(chunk, next_sequence=chunk.total_chunks, complete=True)
         self._delivered()

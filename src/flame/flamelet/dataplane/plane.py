@@ -192,12 +192,12 @@ async def start_bridge(
         "p2p": p2p_transports(hub),
         **(transports or {}),
     }
-    bridge = Bridge(task, transports=factories, limits=limits)
-    socket_path.unlink(missing_ok=True)
     shared_folder = make_shared_folder() if limits.shared_files else None
+    bridge = Bridge(task, transports=factories, limits=limits, shared_folder=shared_folder)
+    socket_path.unlink(missing_ok=True)
     try:
         server = await start_server(
-            channel_services(ChannelServicer(bridge, shared_folder)),
+            channel_services(ChannelServicer(bridge)),
             ServerOptions(host=f"unix:{socket_path}", grace_seconds=_GRACE_SECONDS),
         )
     except BaseException:

@@ -41,11 +41,11 @@ _NO_DEADLINE_SECONDS = 1e8
 class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
     """Serves ChannelService to the role code from a bridge's channels."""
 
-    def __init__(self, bridge: Bridge, shared_folder: Path | None = None) -> None:
-        """Serve the channels of `bridge`; messages may also be handed over as files
-        of `shared_folder` (see `flame.wire.shared`)."""
+    def __init__(self, bridge: Bridge) -> None:
+        """Serve the channels of `bridge`; messages may also pass as files of its
+        shared folder (see `flame.wire.shared`)."""
         self._bridge = bridge
-        self._shared_folder = shared_folder
+        self._shared_folder = bridge.shared_folder
 
     async def JoinChannel(
         self, request: pb.JoinChannelRequest, context: Any
@@ -155,7 +155,9 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
         if await anext(requests, None) is not None:
             raise errors.message_invalid("no chunk follows a header naming a shared file")
         try:
-            data = map_file(header.shared_file, header.total_size, folder=self._shared_folder)
+            data = map_file(
+                header.shared_file, header.total_size, folder=self._shared_folder, writable=False
+            )
         except SharedFileError as exc:
             raise errors.message_invalid(str(exc)) from None
         async for piece in _pieces(data, self._bridge.limits.chunk_bytes):
@@ -236,8 +238,12 @@ async def _stream(
 async def _hand_over(
     channel: Channel, message: Delivered, peek: bool, folder: Path
 ) -> AsyncIterator[pb.ReceiveMessageResponse]:
-    """`_stream`, the bytes written to a file of `folder` that the caller takes."""
-    path = await asyncio.to_thread(write_file, folder, [message.data])
+    """`_stream`, the bytes in a file of `folder` that the caller takes: the file they
+    were reassembled into, newly named, or else a copy."""
+    if message.shared is not None:
+        path = message.shared.name()
+    else:
+        path = await asyncio.to_thread(write_file, folder, [message.data])
     header = _message_header(channel.name, message)
     header.shared_file = str(path)
     sent = False
