@@ -179,9 +179,13 @@ class PeakTracer:
 
 def run_bridge(args: argparse.Namespace) -> None:
     from flame.flamelet.dataplane import BrokerSettings, TransferLimits, start_bridge
+    from flame.flamelet.dataplane.heap import keep_chunks_on_heap
 
     config = json.loads(Path(args.config).read_text())
     tracer = PeakTracer(Path(args.trace_memory)) if args.trace_memory else None
+
+    # As start_dataplane does in a flamelet, whose process is the bridge's own.
+    keep_chunks_on_heap()
 
     async def main() -> None:
         # The p2p transport is start_bridge's own, finding its peers through the

@@ -266,6 +266,10 @@ def _read_message(
         raise DataPlaneError(f"channel {channel!r}: a received message lacks its header")
     header = first.header
     if header.shared_file:
+        # The stream must end before the file is taken: until then the flamelet may
+        # still count the message undelivered, and queue it again.
+        if next(responses, None) is not None:
+            raise DataPlaneError(f"channel {channel!r}: chunks follow a shared file")
         return _map_shared(header, channel, shared_folder)
     # One buffer of the announced size, filled in place: decode then views it, no copy.
     buffer = bytearray(header.total_size)

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import mmap
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
+from flame._dataplane_client import DataPlaneClient, Received
 from flame.dataplane.v1 import channel_pb2
 from flame.dataplane.v1 import channel_service_pb2 as pb
 from flame.wire.shared import SHARED_FILE_MIN_BYTES, map_file, write_file
@@ -115,3 +118,26 @@ async def test_stopping_the_bridge_removes_its_folder(channel_tasks: Harness) ->
     write_file(folder, [b"never taken"])
     await task.plane.stop()
     assert not folder.exists()
+
+
+async def test_the_sdk_takes_each_message_once(channel_tasks: Harness) -> None:
+    """The SDK's client takes large messages as mapped files, each message once."""
+    aggregator, trainer = await pair(channel_tasks, job_id())
+    first, second = payload(2 * MIB, seed=1), payload(2 * MIB, seed=2)
+    for data in (first, second):
+        await trainer.send(data, [aggregator.id])
+    client = DataPlaneClient(aggregator.plane.socket_path, call_timeout=10)
+    try:
+        await asyncio.to_thread(client.join, CHANNEL)
+
+        def receive(peek: bool = False) -> Received | None:
+            return client.receive(
+                CHANNEL, [trainer.id], timeout=10, on_timeout=lambda: TimeoutError(), peek=peek
+            )
+
+        taken = [await asyncio.to_thread(receive) for _ in range(2)]
+        assert [bytes(message.data) for message in taken if message] == [first, second]
+        assert all(isinstance(m.data.obj, mmap.mmap) for m in taken if m), "not shared files"
+        assert await asyncio.to_thread(receive, True) is None
+    finally:
+        client.close()

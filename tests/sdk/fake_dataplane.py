@@ -240,8 +240,14 @@ async def serve(servicer: FakeChannelService, socket_path: Path) -> RunningServe
 class FakeDataPlane:
     """A `FakeChannelService` served from its own thread, controlled from the test's."""
 
-    def __init__(self, channels: Iterable[str], *, other_role: str = "aggregator") -> None:
-        self.service = FakeChannelService(channels, other_role=other_role)
+    def __init__(
+        self,
+        channels: Iterable[str],
+        *,
+        other_role: str = "aggregator",
+        service: FakeChannelService | None = None,
+    ) -> None:
+        self.service = service or FakeChannelService(channels, other_role=other_role)
         self._folder = tempfile.TemporaryDirectory(prefix="flame-sdk-")
         self.socket_path = Path(self._folder.name) / "channel.sock"
         self._loop = asyncio.new_event_loop()

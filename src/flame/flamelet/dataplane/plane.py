@@ -20,6 +20,7 @@ from flame.flamelet.dataplane.discovery import (
     DirectoryDiscovery,
     directory_roots,
 )
+from flame.flamelet.dataplane.heap import keep_chunks_on_heap
 from flame.flamelet.dataplane.mqtt import mqtt_transports
 from flame.flamelet.dataplane.p2p import PeerHub, PeerSettings, p2p_transports
 from flame.flamelet.dataplane.servicer import ChannelServicer
@@ -136,6 +137,8 @@ async def start_dataplane(
         peer = replace(peer, ca_file=tls.ca_file)
     discovery = ControlPlaneDiscovery(apiserver, task_key=task_key, tls=tls)
     p2p = p2p_transports(PeerHub(discovery, peer, limits))
+    # The flamelet's process is the bridge's own (unlike a standalone role's).
+    keep_chunks_on_heap()
     return await start_bridge(
         config,
         socket_path=_socket_path(work_dir),

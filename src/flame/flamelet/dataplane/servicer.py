@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,6 +17,7 @@ from flame.flamelet.dataplane import errors
 from flame.flamelet.dataplane.bridge import Bridge
 from flame.flamelet.dataplane.channel import Channel
 from flame.flamelet.dataplane.ends import EndInfo
+from flame.flamelet.dataplane.heap import trim_heap
 from flame.flamelet.dataplane.inbox import Delivered
 from flame.flamelet.dataplane.outbox import Outgoing, Transfer
 from flame.wire.shared import SharedFileError, map_file, shared_file_fits, write_file
@@ -28,11 +27,6 @@ __all__ = ["ChannelServicer"]
 pb = channel_service_pb2
 # A message this large leaves a heap worth trimming once freed.
 _TRIM_BYTES = 16 * 1024 * 1024
-_TRIM_AGAIN_SECONDS = (0.02, 0.2)
-try:
-    _malloc_trim: Callable[[int], int] | None = ctypes.CDLL("libc.so.6").malloc_trim
-except (OSError, AttributeError):  # Not glibc.
-    _malloc_trim = None
 _Bytes = bytes | memoryview
 # Deadlines this far away are no deadline at all.
 _NO_DEADLINE_SECONDS = 1e8
@@ -144,7 +138,7 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
             yield response
         if not request.peek and len(message.data) >= _TRIM_BYTES:
             del message
-            _trim_heap()
+            trim_heap()
 
     async def _shared_pieces(
         self, header: channel_pb2.MessageHeader, requests: AsyncIterator[pb.SendMessageRequest]
@@ -260,24 +254,7 @@ async def _hand_over(
 def _released(release: Callable[[int], None], size: int) -> None:
     release(size)
     if size >= _TRIM_BYTES:
-        _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Give the freed pieces of a large message back to the system, now and once
-    what still held them (the lane, the transport's unacknowledged frames) let go.
-
-    The pieces of a streamed message are allocated one by one, from the heap (glibc
-    raises its mmap threshold after the first large free): freed, they stay in the
-    process unless trimmed, and the next message's peak comes on top of them.
-    """
-    if _malloc_trim is None:
-        return
-    _malloc_trim(0)
-    with contextlib.suppress(RuntimeError):
-        loop = asyncio.get_running_loop()
-        for delay in _TRIM_AGAIN_SECONDS:
-            loop.call_later(delay, _malloc_trim, 0)
+        trim_heap()
 
 
 def _release_when_settled(transfers: Sequence[Transfer], release: Callable[[], None]) -> None:
