@@ -4,7 +4,6 @@ client with a deadline on every call."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import uuid
 from collections.abc import Iterator, Sequence
@@ -24,6 +23,7 @@ from flame.flamelet.dataplane import (
 )
 from flame.rpc.client import open_channel
 from flame.rpc.errors import error_details
+from flame.wire import message_digest
 
 if TYPE_CHECKING:
     from flame.dataplane.v1.channel_service_pb2_grpc import ChannelServiceAsyncStub
@@ -82,8 +82,8 @@ def payload(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def sha256(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
+def digest(data: bytes | bytearray) -> str:
+    return message_digest([data])
 
 
 @dataclass
@@ -134,7 +134,7 @@ class Task:
             end_ids=list(to),
             broadcast=broadcast,
             total_size=len(data) if total_size is None else total_size,
-            sha256=digest,
+            digest=digest,
         )
         return await self.stub.SendMessage(_requests(header, data), timeout=timeout)
 

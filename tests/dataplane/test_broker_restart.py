@@ -13,7 +13,7 @@ from flame.flamelet.dataplane import MqttTransport
 from flame.flamelet.dataplane.transport import Bytes
 from flame.transport.v1 import frame_pb2
 from tests.dataplane.brokers import Mosquitto
-from tests.dataplane.support import CHANNEL, MIB, Task, Tasks, job_id, payload, sha256
+from tests.dataplane.support import CHANNEL, MIB, Task, Tasks, digest, job_id, payload
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -68,8 +68,8 @@ async def test_a_transfer_survives_a_broker_restart(
 
     received = await aggregator.receive([trainer.id], timeout=40)
     assert received is not None
-    assert sha256(received.data) == sha256(data)
-    assert received.header.sha256 == sha256(data)
+    assert digest(received.data) == digest(data)
+    assert received.header.digest == digest(data)
     took = time.monotonic() - began
     print(f"\nkilled at {done:.0%} acknowledged; delivered {took:.1f} s after the restart")
     # Resumed, not restarted: the first chunk went out once.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 
+import blake3
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -25,7 +25,7 @@ def chunk(**fields: object) -> bytes:
         "sequence": 0,
         "total_chunks": 1,
         "total_size": 4,
-        "sha256": hashlib.sha256(b"evil").hexdigest(),
+        "digest": blake3.blake3(b"evil").hexdigest(),
         "data": b"evil",
     }
     return frame_pb2.Frame(chunk=frame_pb2.Chunk(**{**defaults, **fields})).SerializeToString()  # type: ignore[arg-type]
@@ -61,7 +61,7 @@ async def test_malformed_frames_are_dropped(
         (data_topic, b"", False),
         (data_topic, presence, False),  # A presence where chunks go.
         (data_topic, chunk(sender_id=trainer.id, total_size=2**62), False),
-        (data_topic, chunk(sender_id=trainer.id, sha256="not hex"), False),
+        (data_topic, chunk(sender_id=trainer.id, digest="not hex"), False),
         (data_topic, chunk(sender_id=trainer.id, sequence=7), False),
         (data_topic, chunk(sender_id=trainer.id, channel="other"), False),
         (data_topic, chunk(sender_id=trainer.id, data=b"too long"), False),

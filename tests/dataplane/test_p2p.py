@@ -38,12 +38,12 @@ from tests.dataplane.support import (
     MIB,
     P2pTasks,
     Task,
+    digest,
     job_id,
     new_id,
     pair,
     payload,
     reason,
-    sha256,
 )
 from tests.support.controlplane import ADMIN, ControlPlane
 from tests.support.processes import free_port
@@ -253,7 +253,7 @@ async def test_a_cut_stream_resumes_without_loss_or_duplicate(
     proxy.cut()
 
     received = await aggregator.receive([trainer.id], timeout=30)
-    assert received is not None and sha256(received.data) == sha256(data)
+    assert received is not None and digest(received.data) == digest(data)
     print(f"\ncut at {done:.0%} acknowledged; GetTransferState answered {asked}")
     assert asked, "the sender resumed without asking the receiver"
     assert chunks_sent[0] == 1  # Resumed, not restarted.
@@ -282,7 +282,7 @@ def chunk_request(sender_id: str, **fields: Any) -> peer_pb.TransferChunksReques
         "message_id": "evil",
         "total_chunks": 1,
         "total_size": 4,
-        "sha256": sha256(b"evil"),
+        "digest": digest(b"evil"),
         "data": b"evil",
     }
     return peer_pb.TransferChunksRequest(chunk=frame_pb2.Chunk(**{**values, **fields}))
@@ -361,7 +361,7 @@ async def test_calls_from_strangers_and_malformed_frames_are_refused(
         # drops them or asks for the missing ones; the stream goes on.
         garbage = [
             chunk_request(trainer.id, total_size=2**62),
-            chunk_request(trainer.id, sha256="not hex"),
+            chunk_request(trainer.id, digest="not hex"),
             chunk_request(trainer.id, sequence=7),
             chunk_request(trainer.id, data=b"too long"),
         ]

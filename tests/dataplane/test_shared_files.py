@@ -21,11 +21,11 @@ from tests.dataplane.support import (
     TEST_LIMITS,
     Harness,
     Task,
+    digest,
     job_id,
     pair,
     payload,
     reason,
-    sha256,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -62,7 +62,7 @@ async def test_a_message_goes_and_comes_as_files(channel_tasks: Harness) -> None
     header = responses[0].header
     receiver_folder = await shared_folder(aggregator)
     assert Path(header.shared_file).parent == receiver_folder
-    assert header.sha256 == sha256(data)
+    assert header.digest == digest(data)
     assert bytes(map_file(header.shared_file, header.total_size, folder=receiver_folder)) == data
     assert list(receiver_folder.iterdir()) == []
 

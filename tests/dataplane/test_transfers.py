@@ -4,7 +4,6 @@ reordered and corrupted chunks, lost acks, dropped connections, ends that leave.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import random
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from flame.flamelet.dataplane.inbox import Delivered
 from flame.flamelet.dataplane.outbox import Outgoing, Transfer
 from flame.flamelet.dataplane.settings import TransferLimits
 from flame.transport.v1 import frame_pb2
+from flame.wire import message_digest
 from tests.dataplane.loopback import LoopbackNetwork, LoopbackTransport, hand_over, open_channel
 
 pytestmark = pytest.mark.timeout(20)
@@ -55,9 +55,7 @@ async def ends() -> AsyncIterator[Ends]:
 
 
 def message(data: bytes, message_id: str = "m1", chunk_bytes: int = 1024) -> Outgoing:
-    return Outgoing(
-        message_id, bytearray(data), hashlib.sha256(data).hexdigest(), False, chunk_bytes
-    )
+    return Outgoing(message_id, bytearray(data), message_digest([data]), False, chunk_bytes)
 
 
 def data(size: int = SIZE, seed: int = 0) -> bytes:
@@ -287,7 +285,7 @@ async def test_a_receiver_that_never_acknowledges_is_given_up() -> None:
 async def test_an_empty_message_is_delivered(ends: Ends) -> None:
     transfer = send(ends.trainer, "a1", b"")
     got = await received(ends.aggregator)
-    assert (got.data, got.sha256) == (bytearray(), hashlib.sha256(b"").hexdigest())
+    assert (got.data, got.digest) == (bytearray(), message_digest([b""]))
     assert await asyncio.wait_for(transfer.delivered, 5) is True
 
 
@@ -331,9 +329,9 @@ async def test_a_message_is_sent_while_its_bytes_stream_in(ends: Ends) -> None:
     assert 0 < len(sent) < outgoing.total_chunks and not outgoing.complete
     assert await ends.aggregator.receive(None, no_wait=True) is None
     outgoing.write(pieces[-1])
-    outgoing.finish(hashlib.sha256(payload).hexdigest())
+    outgoing.finish(message_digest([payload]))
     got = await received(ends.aggregator)
-    assert got.data == payload and got.sha256 == hashlib.sha256(payload).hexdigest()
+    assert got.data == payload and got.digest == message_digest([payload])
     assert await asyncio.wait_for(transfer.delivered, 5) is True
 
 
@@ -360,7 +358,7 @@ async def test_a_wrong_digest_on_the_last_chunk_is_corrupt_then_resent(ends: End
     (transfer,) = ends.trainer.send(outgoing, ["a1"])
     for piece in pieces:
         outgoing.write(piece)
-    outgoing.finish(hashlib.sha256(b"something else").hexdigest())
+    outgoing.finish(message_digest([b"something else"]))
     await asyncio.sleep(0.2)
     assert await ends.aggregator.receive(None, no_wait=True) is None
     assert transfer.corrupt >= 1

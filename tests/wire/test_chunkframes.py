@@ -19,7 +19,7 @@ HEAD = frame_pb2.Chunk(
     sequence=3,
     total_chunks=9,
     total_size=12345,
-    sha256="ab" * 32,
+    digest="ab" * 32,
     broadcast=True,
 )
 FRAME_CHUNK = field_number(frame_pb2.Frame, "chunk")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
+import blake3
 import numpy as np
 import pytest
 import torch
@@ -24,7 +24,7 @@ from tests.wire.equality import assert_same
 
 
 def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return blake3.blake3(data).hexdigest()
 
 
 def chunked(data: bytes, size: int) -> list[bytes]:
@@ -57,7 +57,7 @@ def test_iter_chunks_rejects_a_non_positive_size() -> None:
         list(iter_chunks([b"x"], 0))
 
 
-def test_message_digest_is_the_sha256_of_the_joined_segments() -> None:
+def test_message_digest_is_the_blake3_of_the_joined_segments() -> None:
     segments: list[bytes | bytearray | memoryview] = [b"ab", memoryview(b"cd"), bytearray()]
     assert message_digest(segments) == sha(b"abcd")
 

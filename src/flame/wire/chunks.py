@@ -8,10 +8,11 @@ never joining the whole message, and announces the size, chunk count and
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
+
+import blake3
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -21,6 +22,7 @@ __all__ = [
     "anonymous_buffer",
     "iter_chunks",
     "message_digest",
+    "new_digest",
 ]
 
 DEFAULT_CHUNK_BYTES: Final = 2 * 1024 * 1024
@@ -74,9 +76,19 @@ def iter_chunks(
         yield memoryview(pending)
 
 
+def new_digest() -> blake3.blake3:
+    """An empty hasher of message digests: BLAKE3, 256 bits.
+
+    BLAKE3 rather than SHA-256: as strong, and four times faster here, where the
+    digest was a third of a bridge's CPU per message.
+    """
+    return blake3.blake3()
+
+
 def message_digest(segments: Iterable[_Bytes]) -> str:
-    """Return the lowercase hex SHA-256 of the concatenated segments, hashed incrementally."""
-    digest = hashlib.sha256()
+    """Return the message digest (lowercase hex BLAKE3, 256 bits) of the concatenated
+    segments, hashed incrementally."""
+    digest = new_digest()
     for segment in segments:
         digest.update(segment)
     return digest.hexdigest()
@@ -93,7 +105,7 @@ class Reassembler:
         message_id: The sender-unique message id.
         total_size: Size of the message in bytes.
         total_chunks: Number of chunks.
-        sha256: Lowercase hex SHA-256 of the message, or empty when it is announced
+        digest: The message digest (`message_digest`), or empty when it is announced
             later (`announce_digest`), before `result()`.
         max_message_bytes: The largest `total_size` accepted.
         allocate: Returns the zeroed, writable buffer of a valid message's bytes, given
@@ -108,36 +120,36 @@ class Reassembler:
         message_id: str,
         total_size: int,
         total_chunks: int,
-        sha256: str,
+        digest: str,
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         allocate: Callable[[int], memoryview] | None = None,
     ) -> None:
-        _check_announcement(total_size, total_chunks, sha256, max_message_bytes)
+        _check_announcement(total_size, total_chunks, digest, max_message_bytes)
         self.message_id = message_id
         self.total_size = total_size
         self.total_chunks = total_chunks
-        self._sha256 = sha256
+        self._announced = digest
         self._buffer = (allocate or anonymous_buffer)(total_size)
-        self._digest = hashlib.sha256()
+        self._hasher = new_digest()
         self._written = 0
         self._next = 0
 
     @property
-    def sha256(self) -> str:
+    def digest(self) -> str:
         """The announced digest; empty while not announced yet."""
-        return self._sha256
+        return self._announced
 
-    def announce_digest(self, sha256: str) -> None:
+    def announce_digest(self, digest: str) -> None:
         """Set the digest of a message announced without one.
 
         Raises:
-            ChunkError: It is no lowercase hex SHA-256, or contradicts the announced one.
+            ChunkError: It is no lowercase hex digest, or contradicts the announced one.
         """
-        _check_digest(sha256)
-        if self._sha256 and self._sha256 != sha256:
+        _check_digest(digest)
+        if self._announced and self._announced != digest:
             raise ChunkError(f"message {self.message_id!r} announced another digest")
-        self._sha256 = sha256
+        self._announced = digest
 
     @property
     def next_sequence(self) -> int:
@@ -173,7 +185,7 @@ class Reassembler:
         self._check_size(view.nbytes)
         end = self._written + view.nbytes
         self._buffer[self._written : end] = view
-        self._digest.update(view)
+        self._hasher.update(view)
         self._written = end
         self._next += 1
         return True
@@ -186,9 +198,9 @@ class Reassembler:
         """
         if not self.complete:
             raise ChunkError(f"message {self.message_id!r} lacks chunks from {self._next}")
-        if not self._sha256:
+        if not self._announced:
             raise ChunkError(f"message {self.message_id!r} lacks its digest")
-        if self._digest.hexdigest() != self._sha256:
+        if self._hasher.hexdigest() != self._announced:
             raise ChunkError(f"message {self.message_id!r} does not match its digest")
         return self._buffer
 
@@ -214,16 +226,16 @@ def anonymous_buffer(size: int) -> memoryview:
 
 
 def _check_announcement(
-    total_size: int, total_chunks: int, sha256: str, max_message_bytes: int
+    total_size: int, total_chunks: int, digest: str, max_message_bytes: int
 ) -> None:
     if not 0 <= total_size <= max_message_bytes:
         raise ChunkError(f"message size {total_size} is outside [0, {max_message_bytes}]")
     if not 0 <= total_chunks <= total_size or (total_chunks == 0) != (total_size == 0):
         raise ChunkError(f"{total_chunks} chunks cannot carry {total_size} bytes")
-    if sha256:
-        _check_digest(sha256)
+    if digest:
+        _check_digest(digest)
 
 
-def _check_digest(sha256: str) -> None:
-    if len(sha256) != 64 or not _HEX_DIGITS.issuperset(sha256):
-        raise ChunkError(f"{sha256!r} is not a lowercase hex SHA-256")
+def _check_digest(digest: str) -> None:
+    if len(digest) != 64 or not _HEX_DIGITS.issuperset(digest):
+        raise ChunkError(f"{digest!r} is not a lowercase hex 256-bit digest")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flame/dataplane/v1/channel.proto\x12\x12\x66lame.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x03\x45nd\x12\x0e\n\x06\x65nd_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12-\n\tjoin_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\rMessageHeader\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65nd_ids\x18\x03 \x03(\t\x12\x11\n\tbroadcast\x18\x04 \x01(\x08\x12\x12\n\ntotal_size\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x30\n\x0creceive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bshared_file\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n flame/dataplane/v1/channel.proto\x12\x12\x66lame.dataplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x03\x45nd\x12\x0e\n\x06\x65nd_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12-\n\tjoin_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\rMessageHeader\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65nd_ids\x18\x03 \x03(\t\x12\x11\n\tbroadcast\x18\x04 \x01(\x08\x12\x12\n\ntotal_size\x18\x05 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\x12\x30\n\x0creceive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bshared_file\x18\x08 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

@@ -64,7 +64,7 @@ class MessageHeader(_message.Message):
     END_IDS_FIELD_NUMBER: _builtins.int
     BROADCAST_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
     SHARED_FILE_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
@@ -75,8 +75,10 @@ class MessageHeader(_message.Message):
     """True for a broadcast to every current end of the group."""
     total_size: _builtins.int
     """Size of the whole message in bytes."""
-    sha256: _builtins.str
-    """Lowercase hex SHA-256 of the whole message; set by the flamelet when empty."""
+    digest: _builtins.str
+    """Digest of the whole message, lowercase hex BLAKE3 (256 bits), as in
+    `flame.transport.v1.Chunk.digest`; set by the flamelet when empty.
+    """
     shared_file: _builtins.str
     """When set, the message's bytes are this file and no chunk follows the header.
     On send: a regular file the caller wrote inside the channel's
@@ -102,13 +104,13 @@ class MessageHeader(_message.Message):
         end_ids: _abc.Iterable[_builtins.str] | None = ...,
         broadcast: _builtins.bool = ...,
         total_size: _builtins.int = ...,
-        sha256: _builtins.str = ...,
+        digest: _builtins.str = ...,
         receive_time: _timestamp_pb2.Timestamp | None = ...,
         shared_file: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "channel", b"channel", "end_ids", b"end_ids", "message_id", b"message_id", "receive_time", b"receive_time", "sha256", b"sha256", "shared_file", b"shared_file", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "channel", b"channel", "digest", b"digest", "end_ids", b"end_ids", "message_id", b"message_id", "receive_time", b"receive_time", "shared_file", b"shared_file", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -136,7 +136,7 @@ class Chunk(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     TOTAL_CHUNKS_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     BROADCAST_FIELD_NUMBER: _builtins.int
     sender_id: _builtins.str
@@ -151,8 +151,9 @@ class Chunk(_message.Message):
     """Number of chunks of the message."""
     total_size: _builtins.int
     """Size of the whole message in bytes."""
-    sha256: _builtins.str
-    """Lowercase hex SHA-256 of the whole message. A sender that starts sending
+    digest: _builtins.str
+    """Digest of the whole message: lowercase hex BLAKE3, 256 bits (64 digits).
+    Field 7 carried SHA-256 until BLAKE3 replaced it. A sender that starts sending
     before it has the whole message leaves it empty until it has: it is always
     set on the last chunk, which is sent only once every byte is in. A receiver
     never completes a message without it, and drops a chunk whose non-empty
@@ -171,13 +172,13 @@ class Chunk(_message.Message):
         sequence: _builtins.int = ...,
         total_chunks: _builtins.int = ...,
         total_size: _builtins.int = ...,
-        sha256: _builtins.str = ...,
+        digest: _builtins.str = ...,
         data: _builtins.bytes = ...,
         broadcast: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "channel", b"channel", "data", b"data", "message_id", b"message_id", "sender_id", b"sender_id", "sequence", b"sequence", "sha256", b"sha256", "total_chunks", b"total_chunks", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "channel", b"channel", "data", b"data", "digest", b"digest", "message_id", b"message_id", "sender_id", b"sender_id", "sequence", b"sequence", "total_chunks", b"total_chunks", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -53,7 +53,7 @@ class Delivered:
         sender_id: The end that sent it.
         message_id: The sender's id for it.
         data: The message bytes.
-        sha256: Their lowercase hex SHA-256.
+        digest: Their digest (`flame.wire.message_digest`).
         broadcast: Whether the sender broadcast it.
         receive_time: When its last chunk arrived.
     """
@@ -61,7 +61,7 @@ class Delivered:
     sender_id: str
     message_id: str
     data: memoryview
-    sha256: str
+    digest: str
     broadcast: bool
     receive_time: datetime = field(default_factory=lambda: datetime.now(UTC))
     # The nameless file `data` maps, when the message was reassembled into one.
@@ -82,18 +82,18 @@ class _Incoming:
         return (first.total_size, first.total_chunks) == (
             chunk.total_size,
             chunk.total_chunks,
-        ) and (not first.sha256 or not chunk.sha256 or first.sha256 == chunk.sha256)
+        ) and (not first.digest or not chunk.digest or first.digest == chunk.digest)
 
     def learn_digest(self, chunk: frame_pb2.Chunk) -> bool:
         """Take the digest from a chunk of a message announced without one (a sender
         that streams the message before it has all of it); False when invalid."""
-        if not chunk.sha256 or self.chunk.sha256:
+        if not chunk.digest or self.chunk.digest:
             return True
         try:
-            self.reassembler.announce_digest(chunk.sha256)
+            self.reassembler.announce_digest(chunk.digest)
         except ChunkError:
             return False
-        self.chunk.sha256 = chunk.sha256
+        self.chunk.digest = chunk.digest
         return True
 
 
@@ -201,7 +201,7 @@ class Inbox:
                 chunk.message_id,
                 chunk.total_size,
                 chunk.total_chunks,
-                chunk.sha256,
+                chunk.digest,
                 max_message_bytes=self._limits.max_message_bytes,
                 allocate=allocate,
             )
@@ -215,7 +215,7 @@ class Inbox:
             message_id=chunk.message_id,
             total_chunks=chunk.total_chunks,
             total_size=chunk.total_size,
-            sha256=chunk.sha256,
+            digest=chunk.digest,
             broadcast=chunk.broadcast,
         )
         incoming = _Incoming(announcement, reassembler, shared)
@@ -282,7 +282,7 @@ class Inbox:
                 chunk.sender_id,
                 chunk.message_id,
                 data,
-                chunk.sha256,
+                chunk.digest,
                 chunk.broadcast,
                 shared=incoming.shared,
             )

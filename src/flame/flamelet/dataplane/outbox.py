@@ -53,17 +53,17 @@ class Outgoing:
         message_id: Sender-unique id.
         data: The message bytes, never modified; empty for a streaming message,
             which keeps its pieces as they came instead.
-        sha256: Their lowercase hex SHA-256; empty until `complete`.
+        digest: Their digest (`flame.wire.message_digest`); empty until `complete`.
         broadcast: Whether the message goes to every end.
         chunk_bytes: Size of its chunks.
         filled: How many bytes are in.
-        complete: Every byte is in and `sha256` is known.
+        complete: Every byte is in and `digest` is known.
         abandoned: The upload failed: the message must not be delivered.
     """
 
     message_id: str
     data: bytearray
-    sha256: str
+    digest: str
     broadcast: bool
     chunk_bytes: int
     complete: bool = True
@@ -117,9 +117,9 @@ class Outgoing:
             self._ready = ready
             self._wake()
 
-    def finish(self, sha256: str) -> None:
-        """Every byte is in: `sha256` is their digest; the last chunk may go."""
-        self.sha256 = sha256
+    def finish(self, digest: str) -> None:
+        """Every byte is in: `digest` is their digest; the last chunk may go."""
+        self.digest = digest
         self.complete = True
         self._ready = self.ready_frames()
         now = asyncio.get_running_loop().time()
@@ -225,7 +225,7 @@ class Transfer:
         chunk.sequence = sequence
         chunk.total_chunks = m.total_chunks
         chunk.total_size = m.size
-        chunk.sha256 = m.sha256
+        chunk.digest = m.digest
         chunk.broadcast = m.broadcast
         return frame
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
@@ -20,6 +19,7 @@ from flame.flamelet.dataplane.ends import EndInfo
 from flame.flamelet.dataplane.heap import trim_heap
 from flame.flamelet.dataplane.inbox import Delivered
 from flame.flamelet.dataplane.outbox import Outgoing, Transfer
+from flame.wire.chunks import new_digest
 from flame.wire.shared import SharedFileError, map_file, shared_file_fits, write_file
 
 __all__ = ["ChannelServicer"]
@@ -107,7 +107,7 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
             pieces = (
                 self._shared_pieces(header, requests) if header.shared_file else _chunks(requests)
             )
-            await _body(pieces, message, header.sha256)
+            await _body(pieces, message, header.digest)
         finally:
             _release_when_settled(transfers, lambda: _released(budget.release, size))
         return pb.SendMessageResponse(message_id=message_id, end_ids=receivers)
@@ -193,23 +193,23 @@ async def _body(pieces: AsyncIterator[_Bytes], message: Outgoing, announced: str
     """Write the pieces into `message` as they come, hashing them; complete it at the
     end, or abandon it (its transfers then give up) when the stream is invalid or
     breaks."""
-    digest = hashlib.sha256()
+    hasher = new_digest()
     size = message.size
     try:
         async for chunk in pieces:
             if message.filled + len(chunk) > size:
                 raise errors.message_invalid(f"more bytes than the total_size {size}")
             message.write(chunk)
-            digest.update(chunk)
+            hasher.update(chunk)
         if message.filled != size:
             raise errors.message_invalid(f"{message.filled} bytes streamed, total_size says {size}")
-        sha256 = digest.hexdigest()
-        if announced and announced.lower() != sha256:
-            raise errors.message_invalid("the bytes do not match the header's sha256")
+        digest = hasher.hexdigest()
+        if announced and announced.lower() != digest:
+            raise errors.message_invalid("the bytes do not match the header's digest")
     except BaseException:
         message.abandon()
         raise
-    message.finish(sha256)
+    message.finish(digest)
 
 
 async def _stream(
@@ -291,7 +291,7 @@ def _message_header(channel: str, message: Delivered) -> channel_pb2.MessageHead
         end_ids=[message.sender_id],
         broadcast=message.broadcast,
         total_size=len(message.data),
-        sha256=message.sha256,
+        digest=message.digest,
         receive_time=_timestamp(message.receive_time),
     )
 
