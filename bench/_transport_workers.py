@@ -470,7 +470,7 @@ def run_paho_pub(args: argparse.Namespace) -> None:
         t0 = time.monotonic()
         offset = 0
         # Chunk k goes to every receiver before chunk k+1, as the bridge's concurrent
-        # transfers interleave; the same 1 MiB chunks and 32 MiB window as the bridge.
+        # transfers interleave; the same 1 MiB chunks and 24 MiB window as the bridge.
         for chunk in iter_chunks(frame.segments(), limits.chunk_bytes):
             header = _CHUNK_HEADER.pack(offset, frame.total_size, rep)
             payload = header + bytes(chunk)

@@ -13,7 +13,7 @@ and, in the same run, the baselines:
     raw_tcp       the encoded frame's bytes written to loopback TCP sockets by one
                   process and read by another: the physical limit
     plain_paho    paho-mqtt publisher -> mosquitto -> subscriber, in the bridge's own
-                  1 MiB chunks at QoS 1 within its 32 MiB publish window, one topic
+                  1 MiB chunks at QoS 1 within its 24 MiB publish window, one topic
                   per receiver as the bridge does: the broker's own limit
 
 Throughput is delivered bytes (message size x receivers) over the wall time from the

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # Below this size a chunk stream costs less than creating, mapping and removing a file.
-SHARED_FILE_MIN_BYTES: Final = 1 << 20
+SHARED_FILE_MIN_BYTES: Final = 1 << 18
 # The memory-backed file system of Linux hosts.
 _SHM_ROOT: Final = Path("/dev/shm")
 # Room kept free on that file system for everything else that uses it.

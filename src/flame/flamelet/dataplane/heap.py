@@ -26,7 +26,7 @@ _M_MMAP_THRESHOLD: Final = -3
 # Allocations below this come from the heap: above any chunk and its frame.
 _MMAP_THRESHOLD_BYTES: Final = 32 * 1024 * 1024
 # The free top of the heap that glibc keeps instead of returning it at each free.
-_TRIM_THRESHOLD_BYTES: Final = 64 * 1024 * 1024
+_TRIM_THRESHOLD_BYTES: Final = 8 * 1024 * 1024
 _TRIM_AGAIN_SECONDS: Final = (0.02, 0.2)
 
 try:

@@ -105,7 +105,7 @@ class TransferLimits:
     progress_timeout_seconds: float = 300.0
     max_message_bytes: int = 1024 * _MIB
     outbox_bytes: int = 512 * _MIB
-    publish_window_bytes: int = 32 * _MIB
+    publish_window_bytes: int = 24 * _MIB
     completed_ids: int = 1024
     connect_timeout: float = 15.0
     leave_timeout: float = 30.0
