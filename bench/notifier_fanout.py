@@ -1,21 +1,22 @@
 #!/usr/bin/env python3
 """Notifier fan-out benchmark: one event published to N subscribers, each on its own stream.
 
-Starts SecantusDB and a notifier in this process, opens N SubscribeEvents streams
-(one subscriber each), then publishes one event to all N, several rounds, and
+Starts SecantusDB and the `flame-notifier` binary (with one worker, then with
+several: `--workers`), opens N SubscribeEvents streams (one subscriber each) from
+subscriber processes, then publishes one event to all N, several rounds, and
 measures each subscriber's delivery latency: from the start of PublishEvent to
-the stream receiving the event. The baseline is the same fan-out on in-process
-asyncio queues, with neither gRPC nor a database. Prints one JSON object per
-measurement, then a table.
-
-With `--remote` a child process opens the streams, as subscribers on other hosts
-would: the notifier then has this process's core to itself rather than sharing
-it with a thousand stream readers. Receipt times cross the process boundary as
+the stream receiving the event. Receipt times cross process boundaries as
 `time.monotonic()`, one system-wide clock on Linux.
+
+Real subscribers (flamelets) are processes of their own, each with its own
+connection: the "spread" layout opens the streams from several processes over
+several connections each, which the kernel spreads over the notifier's workers;
+the "one process" layout opens them all from one process on one connection.
+The baseline is the same fan-out on in-process asyncio queues, with neither gRPC
+nor a database. Prints one JSON object per measurement, then a table.
 
     python bench/notifier_fanout.py            # 1,000 streams, 5 rounds
     python bench/notifier_fanout.py --quick    # 200 streams, 3 rounds
-    python bench/notifier_fanout.py --remote   # streams opened by a child process
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,33 +39,31 @@ from typing import Any
 # Run as a script from anywhere: the repository root holds `tests.support`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flame.notifier.app import Notifier, open_database, start_notifier
+import grpc
+
+from flame.notifier.app import open_database
 from flame.notifier.store import EventDraft, EventStore
 from flame.notify.v1 import event_pb2, notify_service_pb2, notify_service_pb2_grpc
-from flame.rpc.client import open_channel
-from flame.rpc.server import ServerOptions
 from tests.support.mongo import secantus_server
+from tests.support.processes import start_server_process
 
 ROUND_TIMEOUT = 60.0
+TARGET_P99_MS = 100.0
+# Compared with one worker: one per core, up to 4.
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
 
 
-@dataclass
-class Round:
-    """Receipt times of one published event, one slot per subscriber."""
+@dataclass(frozen=True)
+class Layout:
+    """How the subscribers connect: `processes` processes, `channels` connections each."""
 
-    started: float
-    received: list[float]
-    count: int = 0
-    done: asyncio.Event | None = None
+    name: str
+    processes: int
+    channels: int
 
-    def receive(self, index: int, now: float) -> None:
-        self.received[index] = now
-        self.count += 1
-        if self.count == len(self.received) and self.done is not None:
-            self.done.set()
 
-    def latencies_ms(self) -> list[float]:
-        return [(at - self.started) * 1000 for at in self.received]
+SPREAD = Layout("spread", processes=4, channels=4)
+ONE_PROCESS = Layout("one process", processes=1, channels=1)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -72,79 +73,43 @@ def percentile(values: list[float], fraction: float) -> float:
 
 async def queue_baseline(streams: int, rounds: int) -> list[float]:
     """The same fan-out on asyncio queues: what the event loop alone costs."""
-    queues: list[asyncio.Queue[Round]] = [asyncio.Queue() for _ in range(streams)]
+    queues: list[asyncio.Queue[float]] = [asyncio.Queue() for _ in range(streams)]
+    received: list[float] = []
+    all_received = asyncio.Event()
 
-    async def consume(index: int) -> None:
+    async def consume(queue: asyncio.Queue[float]) -> None:
         while True:
-            measured = await queues[index].get()
-            measured.receive(index, time.perf_counter())
+            started = await queue.get()
+            received.append((time.monotonic() - started) * 1000)
+            if len(received) % streams == 0:
+                all_received.set()
 
-    consumers = [asyncio.create_task(consume(i)) for i in range(streams)]
-    latencies: list[float] = []
+    consumers = [asyncio.create_task(consume(queue)) for queue in queues]
     for _ in range(rounds):
-        measured = Round(time.perf_counter(), [0.0] * streams, done=asyncio.Event())
+        all_received.clear()
+        started = time.monotonic()
         for queue in queues:
-            queue.put_nowait(measured)
-        await asyncio.wait_for(measured.done.wait(), ROUND_TIMEOUT)  # type: ignore[union-attr]
-        latencies += measured.latencies_ms()
+            queue.put_nowait(started)
+        await asyncio.wait_for(all_received.wait(), ROUND_TIMEOUT)
     for consumer in consumers:
         consumer.cancel()
-    return latencies
-
-
-async def follow(
-    stub: Any, subscriber: str, index: int, current: Callable[[], Round | None]
-) -> None:
-    request = notify_service_pb2.SubscribeEventsRequest(subscriber=subscriber, heartbeat_seconds=60)
-    async for response in stub.SubscribeEvents(request):
-        measured = current()
-        if response.HasField("event") and measured is not None:
-            measured.receive(index, time.perf_counter())
+    return received
 
 
 def subscriber_names(streams: int) -> list[str]:
     return [f"task/bench{index}" for index in range(streams)]
 
 
-def publish_request(subscribers: list[str], number: int) -> notify_service_pb2.PublishEventRequest:
-    return notify_service_pb2.PublishEventRequest(
-        subscribers=subscribers,
-        event=event_pb2.Event(type=event_pb2.Event.TYPE_START_JOB, job_id=f"job{number}"),
-    )
+def shares(total: int, parts: int) -> Iterator[range]:
+    """`range(total)` cut into `parts` consecutive ranges of (nearly) equal length."""
+    for part in range(parts):
+        yield range(total * part // parts, total * (part + 1) // parts)
 
 
-async def notifier_fanout(notifier: Notifier, streams: int, rounds: int) -> dict[str, Any]:
-    """Publish `rounds` events to `streams` subscribers; latencies and publish call times."""
-    subscribers = subscriber_names(streams)
-    current: Round | None = None
-    async with open_channel(notifier.address, tls=None) as channel:
-        stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
-        readers = [
-            asyncio.create_task(follow(stub, s, i, lambda: current))
-            for i, s in enumerate(subscribers)
-        ]
-        latencies: list[float] = []
-        calls: list[float] = []
-        # Round 0 warms up: it proves every stream open and is not counted.
-        for number in range(rounds + 1):
-            current = Round(time.perf_counter(), [0.0] * streams, done=asyncio.Event())
-            request = publish_request(subscribers, number)
-            await stub.PublishEvent(request, timeout=ROUND_TIMEOUT)
-            call_ms = (time.perf_counter() - current.started) * 1000
-            await asyncio.wait_for(current.done.wait(), ROUND_TIMEOUT)  # type: ignore[union-attr]
-            if number:
-                latencies += current.latencies_ms()
-                calls.append(call_ms)
-            await asyncio.sleep(0.5)  # let the poller and the streams settle between rounds
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-    return {"latencies": latencies, "calls": calls}
-
-
-async def follow_remotely(address: str, streams: int) -> None:
-    """The child of `--remote`: follow the streams and, once all have received an
-    event, print its cursor and receipt times as one JSON line."""
+async def follow(address: str, first: int, count: int, channels: int) -> None:
+    """A subscriber process: follow subscribers `first`..`first + count - 1` over
+    `channels` connections and, once all have received an event, print its cursor
+    and their receipt times as one JSON line."""
     received: dict[int, list[float]] = {}
 
     async def follow_one(stub: Any, subscriber: str) -> None:
@@ -155,87 +120,125 @@ async def follow_remotely(address: str, streams: int) -> None:
             if response.HasField("event"):
                 times = received.setdefault(response.event.cursor, [])
                 times.append(time.monotonic())
-                if len(times) == streams:
+                if len(times) == count:
                     print(json.dumps({"cursor": response.event.cursor, "times": times}), flush=True)
 
-    async with open_channel(address, tls=None) as channel:
-        stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
-        await asyncio.gather(*(follow_one(stub, s) for s in subscriber_names(streams)))
+    async with AsyncExitStack() as stack:
+        # A channel of its own is a connection of its own, which SO_REUSEPORT may
+        # hand to another worker.
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        stubs = [
+            notify_service_pb2_grpc.NotifyServiceStub(
+                await stack.enter_async_context(grpc.aio.insecure_channel(address, options=own))
+            )
+            for _ in range(channels)
+        ]
+        names = subscriber_names(first + count)[first:]
+        await asyncio.gather(
+            *(follow_one(stubs[index % channels], name) for index, name in enumerate(names))
+        )
 
 
-async def remote_fanout(notifier: Notifier, streams: int, rounds: int) -> dict[str, Any]:
-    """`notifier_fanout` with the streams in a child process (`follow_remotely`)."""
+async def start_subscribers(
+    stack: AsyncExitStack, address: str, streams: int, layout: Layout
+) -> list[asyncio.StreamReader]:
+    """Start the layout's subscriber processes; their output, one line per event."""
+    outputs = []
+    for share in shares(streams, layout.processes):
+        command = [sys.executable, __file__, "--follow", address]
+        command += ["--first", str(share.start), "--streams", str(len(share))]
+        command += ["--channels", str(layout.channels)]
+        child = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
+        stack.push_async_callback(_stop, child)
+        assert child.stdout is not None
+        outputs.append(child.stdout)
+    return outputs
+
+
+async def _stop(child: asyncio.subprocess.Process) -> None:
+    child.kill()
+    await child.wait()
+
+
+async def fanout(address: str, streams: int, rounds: int, layout: Layout) -> dict[str, Any]:
+    """Publish `rounds` events to `streams` subscribers; latencies and publish call times."""
     subscribers = subscriber_names(streams)
-    command = [sys.executable, __file__, "--follow", notifier.address, "--streams", str(streams)]
-    child = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
-    assert child.stdout is not None
     latencies: list[float] = []
     calls: list[float] = []
-    try:
-        async with open_channel(notifier.address, tls=None) as channel:
-            stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
-            # Round 0 warms up: it proves every stream open and is not counted.
-            for number in range(rounds + 1):
-                started = time.monotonic()
-                response = await stub.PublishEvent(
-                    publish_request(subscribers, number), timeout=ROUND_TIMEOUT
-                )
-                call_ms = (time.monotonic() - started) * 1000
-                line = await asyncio.wait_for(child.stdout.readline(), ROUND_TIMEOUT)
-                receipt = json.loads(line)
-                assert receipt["cursor"] == response.events[0].cursor, "one round at a time"
-                if number:
-                    latencies += [(at - started) * 1000 for at in receipt["times"]]
-                    calls.append(call_ms)
-                await asyncio.sleep(0.5)
-    finally:
-        child.kill()
-        await child.wait()
+    async with AsyncExitStack() as stack:
+        outputs = await start_subscribers(stack, address, streams, layout)
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
+        stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
+        # Round 0 warms up: it proves every stream open and is not counted.
+        for number in range(rounds + 1):
+            started = time.monotonic()
+            response = await stub.PublishEvent(
+                publish_request(subscribers, number), timeout=ROUND_TIMEOUT
+            )
+            call_ms = (time.monotonic() - started) * 1000
+            receipts = [await read_receipt(output) for output in outputs]
+            assert {r["cursor"] for r in receipts} == {response.events[0].cursor}, "one at a time"
+            if number:
+                latencies += [(at - started) * 1000 for r in receipts for at in r["times"]]
+                calls.append(call_ms)
+            await asyncio.sleep(0.5)  # let the pollers and the streams settle between rounds
     return {"latencies": latencies, "calls": calls}
 
 
-async def store_publish_ms(store: EventStore, streams: int, rounds: int) -> float:
+async def read_receipt(output: asyncio.StreamReader) -> Any:
+    line = await asyncio.wait_for(output.readline(), ROUND_TIMEOUT)
+    assert line, "a subscriber process ended"
+    return json.loads(line)
+
+
+def publish_request(subscribers: list[str], number: int) -> notify_service_pb2.PublishEventRequest:
+    return notify_service_pb2.PublishEventRequest(
+        subscribers=subscribers,
+        event=event_pb2.Event(type=event_pb2.Event.TYPE_START_JOB, job_id=f"job{number}"),
+    )
+
+
+async def store_publish_ms(uri: str, streams: int, rounds: int) -> float:
     """Median time of the publish transaction alone, for the same fan-out."""
-    subscribers = [f"task/store{index}" for index in range(streams)]
-    draft = EventDraft("TYPE_START_JOB", "job")
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        await store.publish(subscribers, draft)
-        times.append((time.perf_counter() - started) * 1000)
+    client, db = await open_database(uri, "bench_store")
+    try:
+        store = EventStore(db)
+        await store.prepare()
+        subscribers = [f"task/store{index}" for index in range(streams)]
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await store.publish(subscribers, EventDraft("TYPE_START_JOB", "job"))
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        await client.close()
     return statistics.median(times)
 
 
-async def measure(uri: str, streams: int, rounds: int, remote: bool) -> dict[str, Any]:
-    client, db = await open_database(uri, "bench")
-    notifier = await start_notifier(db, ServerOptions())
-    fanout = remote_fanout if remote else notifier_fanout
-    try:
-        measured = await fanout(notifier, streams, rounds)
-        store_ms = await store_publish_ms(EventStore(db), streams, rounds)
-    finally:
-        await notifier.stop()
-        await client.close()
-    baseline = await queue_baseline(streams, rounds)
+def measure(uri: str, streams: int, rounds: int, workers: int, layout: Layout) -> dict[str, Any]:
+    """One measurement: a fresh notifier with `workers` on a fresh database."""
+    database = f"bench_{workers}_{layout.processes}x{layout.channels}"
+    command = ["flame-notifier", "--plaintext", "--mongo-uri", uri, "--database", database]
+    with start_server_process([*command, "--workers", str(workers)]) as notifier:
+        measured = asyncio.run(fanout(notifier.address, streams, rounds, layout))
     latencies = measured["latencies"]
-    value, base = statistics.median(latencies), statistics.median(baseline)
     return {
-        "name": "notifier_fanout_latency",
+        # Distinct per configuration, for tables that show names only (bench/job_start.py).
+        "name": f"notifier_fanout_p99_workers{workers}_{layout.processes}x{layout.channels}",
         "params": {
             "streams": streams,
             "rounds": rounds,
             "database": "secantusdb",
-            "subscribers": "child process" if remote else "this process",
+            "workers": workers,
+            "subscriber_processes": layout.processes,
+            "channels_per_process": layout.channels,
         },
-        "value": round(value, 2),
+        "value": round(percentile(latencies, 0.99), 2),
         "unit": "ms",
-        "p99": round(percentile(latencies, 0.99), 2),
+        "target": TARGET_P99_MS,
+        "p50": round(statistics.median(latencies), 2),
         "max": round(max(latencies), 2),
         "publish_call_ms": round(statistics.median(measured["calls"]), 2),
-        "store_publish_ms": round(store_ms, 2),
-        "baseline": round(base, 3),
-        "baseline_p99": round(percentile(baseline, 0.99), 3),
-        "ratio": round(value / base, 1),
     }
 
 
@@ -244,26 +247,53 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="200 streams, 3 rounds")
-    parser.add_argument("--remote", action="store_true", help="streams in a child process")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help="notifier workers to compare with one (default: one per core, up to 4)",
+    )
     parser.add_argument("--follow", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--channels", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    streams, rounds = (200, 3) if args.quick else (args.streams, args.rounds)
     if args.follow:
-        asyncio.run(follow_remotely(args.follow, streams))
+        asyncio.run(follow(args.follow, args.first, args.streams, args.channels))
         return
+    streams, rounds = (200, 3) if args.quick else (args.streams, args.rounds)
+    configurations = [(w, layout) for layout in (SPREAD, ONE_PROCESS) for w in (1, args.workers)]
     with tempfile.TemporaryDirectory() as tmp, secantus_server(Path(tmp) / "db") as uri:
-        result = asyncio.run(measure(uri, streams, rounds, args.remote))
-    print(json.dumps(result))
+        results = [measure(uri, streams, rounds, w, layout) for w, layout in configurations]
+        store_ms = asyncio.run(store_publish_ms(uri, streams, rounds))
+    baseline = asyncio.run(queue_baseline(streams, rounds))
+    base_p99 = percentile(baseline, 0.99)
+    for result in results:
+        result.update(
+            store_publish_ms=round(store_ms, 2),
+            baseline=round(base_p99, 3),
+            baseline_name="p99 of the same fan-out on asyncio queues in one process",
+            ratio=round(result["value"] / base_p99, 1),
+        )
+        print(json.dumps(result))
+    print_table(results)
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
     print()
     print(
-        f"{'streams':>8} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} {'publish ms':>11} "
-        f"{'txn ms':>9} {'queue p50':>10} {'queue p99':>10}"
+        f"{'streams':>8} {'workers':>8} {'subscribers':>12} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'max ms':>8} {'publish ms':>11} {'txn ms':>7} {'queue p99':>10} {'p99<100':>8}"
     )
-    print(
-        f"{streams:>8} {result['value']:>9} {result['p99']:>9} {result['max']:>9} "
-        f"{result['publish_call_ms']:>11} {result['store_publish_ms']:>9} "
-        f"{result['baseline']:>10} {result['baseline_p99']:>10}"
-    )
+    for result in results:
+        params = result["params"]
+        layout = f"{params['subscriber_processes']}x{params['channels_per_process']}"
+        print(
+            f"{params['streams']:>8} {params['workers']:>8} {layout:>12} {result['p50']:>8} "
+            f"{result['value']:>8} {result['max']:>8} {result['publish_call_ms']:>11} "
+            f"{result['store_publish_ms']:>7} {result['baseline']:>10} "
+            f"{'yes' if result['value'] < result['target'] else 'no':>8}"
+        )
+    print("subscribers: processes x connections per process")
 
 
 if __name__ == "__main__":

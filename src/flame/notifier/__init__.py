@@ -3,6 +3,7 @@
 Modules: `store` keeps events, cursors and acknowledgements in MongoDB; `hub`
 feeds the open streams of one process; `servicer` serves NotifyService over
 gRPC; `app` wires them to a server; `main` is the `flame-notifier` command;
+`workers` runs several of them on one port, and `wake` lets them wake each other;
 `client` is what subscribers run (`follow_events`).
 
 Delivery semantics, precisely:
@@ -15,7 +16,8 @@ Delivery semantics, precisely:
 * A stream delivers the subscriber's events in cursor order, starting after
   `after_cursor` when that is positive, else after the subscriber's acknowledged
   cursor, and then each new event as it is published by any notifier process on
-  the same database (this process's at once, others' within a poll interval).
+  the same database (this process's and its sibling workers' at once, others'
+  within a poll interval).
   A cursor becomes visible only after every lower one, so no event is skipped.
 * The acknowledged cursor only grows: AckEvents(N) marks every event up to N
   handled. A stream opened after it with `after_cursor` 0 starts after N.

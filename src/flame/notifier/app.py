@@ -11,6 +11,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from flame.notifier.hub import EventHub
 from flame.notifier.servicer import NotifyServicer
 from flame.notifier.store import EventStore
+from flame.notifier.wake import Siblings
 from flame.notify.v1 import notify_service_pb2, notify_service_pb2_grpc
 from flame.rpc.server import RunningServer, ServerOptions, Service, bind, start_server
 
@@ -50,6 +51,7 @@ class Notifier:
 
     running: RunningServer
     hub: EventHub
+    siblings: Siblings | None = None
 
     @property
     def address(self) -> str:
@@ -64,22 +66,34 @@ class Notifier:
         """
         await self.hub.close()
         await self.running.stop()
+        if self.siblings is not None:
+            self.siblings.close()
 
 
 async def start_notifier(
-    db: AsyncDatabase[Document], options: ServerOptions, *, poll_seconds: float = 0.2
+    db: AsyncDatabase[Document],
+    options: ServerOptions,
+    *,
+    poll_seconds: float = 0.2,
+    siblings: Siblings | None = None,
 ) -> Notifier:
     """Prepare the store in `db` and serve NotifyService with `options`.
 
     `poll_seconds` is how often streams look for events published by other processes.
+    `siblings`, for a worker of several serving one port, wakes the others on each
+    publication and this one on theirs.
     """
     store = EventStore(db)
     await store.prepare()
-    hub = EventHub(store, poll_seconds=poll_seconds)
+    hub = EventHub(store, poll_seconds=poll_seconds, on_stored=siblings.tell if siblings else None)
     await hub.start()
+    if siblings is not None:
+        siblings.listen(hub.wake)
     try:
         running = await start_server(notifier_services(store, hub), options)
     except BaseException:
         await hub.close()
+        if siblings is not None:
+            siblings.close()
         raise
-    return Notifier(running, hub)
+    return Notifier(running, hub, siblings)

@@ -12,6 +12,9 @@ the database. `frontier` is the `seq` up to which it has applied them all.
   small indexed query, whatever the number of streams) and applies them. The
   store's `seq`s have no holes and become visible in order, so the poller never
   steps over a publication that appears later.
+* Worker processes of one notifier wake each other: the hub tells `on_stored`
+  the `seq` of each own publication as soon as it is stored, and `wake(seq)`
+  makes it poll at once when `seq` is beyond its frontier.
 
 A stream reads the database only when it opens, and when it lost track: its
 inbox overflowed because it did not keep up. It then reads its events after its
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from pymongo.errors import PyMongoError
@@ -102,11 +105,18 @@ class EventHub:
     """Publishes events and feeds the open streams of this process with them."""
 
     def __init__(
-        self, store: EventStore, *, poll_seconds: float = 0.2, liveness_seconds: float = 10.0
+        self,
+        store: EventStore,
+        *,
+        poll_seconds: float = 0.2,
+        liveness_seconds: float = 10.0,
+        on_stored: Callable[[int], None] | None = None,
     ) -> None:
-        """Read from `store`; poll it every `poll_seconds` for publications made elsewhere
-        and record the subscribers with open streams as seen every `liveness_seconds`."""
+        """Read from `store`; poll it every `poll_seconds` for publications made elsewhere,
+        record the subscribers with open streams as seen every `liveness_seconds`, and
+        call `on_stored(seq)` once the publications up to `seq` of a publish are stored."""
         self._store = store
+        self._on_stored = on_stored
         self._poll_seconds = poll_seconds
         self._liveness_seconds = liveness_seconds
         self._inboxes: dict[str, set[_Inbox]] = {}
@@ -142,9 +152,17 @@ class EventHub:
     async def publish(self, subscribers: Sequence[str], draft: EventDraft) -> list[StoredEvent]:
         """Store `draft` for each of `subscribers`, then hand the events to their streams."""
         publications = await self._store.publish(subscribers, draft)
+        if self._on_stored is not None:
+            # First: the other processes then read it while this one feeds its streams.
+            self._on_stored(publications[-1].seq)
         for publication in publications:
             self._receive(publication)
         return [event for publication in publications for event in publication.events()]
+
+    def wake(self, seq: int) -> None:
+        """Poll at once if publication `seq`, stored elsewhere, is not applied yet."""
+        if self._frontier is not None and seq > self._frontier:
+            self._poll_now.set()
 
     async def follow(
         self, subscriber: str, after_cursor: int, heartbeat_seconds: float

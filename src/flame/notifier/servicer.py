@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -153,16 +155,24 @@ def _cursor_invalid(field: str, cursor: int, why: str) -> InvalidArgument:
 
 
 def _to_proto(event: StoredEvent) -> event_pb2.Event:
-    published = Timestamp()
-    published.FromDatetime(event.publish_time)
     return event_pb2.Event(
         cursor=event.cursor,
         subscriber=event.subscriber,
         type=event_pb2.Event.Type.Value(event.type),
         job_id=event.job_id,
         task_ids=event.task_ids,
-        publish_time=published,
+        publish_time=_timestamp(event.publish_time),
     )
+
+
+# The events of one publication share its time: converted once rather than for each
+# of its (up to thousands of) subscribers, on the fan-out's hot path. Safe to share:
+# a message field set from it holds a copy.
+@functools.lru_cache(maxsize=64)
+def _timestamp(moment: datetime) -> Timestamp:
+    converted = Timestamp()
+    converted.FromDatetime(moment)
+    return converted
 
 
 def _to_response(item: StoredEvent | Heartbeat) -> notify_service_pb2.SubscribeEventsResponse:

@@ -18,7 +18,7 @@ from flame.rpc.logs import configure_logging
 from flame.rpc.server import RunningServer, ServerOptions
 from flame.rpc.tls import ServerTls
 
-__all__ = ["announce", "run_server", "server_command_options", "server_options"]
+__all__ = ["announce", "announce_address", "run_server", "server_command_options", "server_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,7 +66,12 @@ def server_options(
 
 def announce(component: str, running: RunningServer) -> None:
     """Print the bound address on one line of stdout, for scripts and tests to read."""
-    print(f"{component} serving on {running.address}", flush=True)
+    announce_address(component, running.address)
+
+
+def announce_address(component: str, address: str) -> None:
+    """`announce` for a server bound elsewhere (by worker processes)."""
+    print(f"{component} serving on {address}", flush=True)
 
 
 def run_server(
