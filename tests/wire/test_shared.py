@@ -100,7 +100,7 @@ def test_the_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
 
 def test_a_buffer_is_named_for_a_reader_without_a_copy(folder: Path) -> None:
     buffer = SharedBuffer(folder, 8)
-    buffer.view[:] = b"weights!"
+    buffer.write(0, memoryview(b"weights!"))
     first, second = buffer.name(), buffer.name()
     assert bytes(map_file(first, 8, folder=folder)) == b"weights!"
     # The same bytes under each name: one file, not copies.

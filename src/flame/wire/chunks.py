@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from typing import Final, Protocol
 
 import blake3
 
@@ -18,8 +18,9 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "MAX_MESSAGE_BYTES",
     "ChunkError",
+    "MemoryStore",
+    "MessageStore",
     "Reassembler",
-    "anonymous_buffer",
     "iter_chunks",
     "message_digest",
     "new_digest",
@@ -108,8 +109,8 @@ class Reassembler:
         digest: The message digest (`message_digest`), or empty when it is announced
             later (`announce_digest`), before `result()`.
         max_message_bytes: The largest `total_size` accepted.
-        allocate: Returns the zeroed, writable buffer of a valid message's bytes, given
-            their size; anonymous memory by default.
+        store: Makes the `MessageStore` of a valid message, given its size; a
+            `MemoryStore` by default.
 
     Raises:
         ChunkError: The announced size, count or digest is invalid or too large.
@@ -123,14 +124,14 @@ class Reassembler:
         digest: str,
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
-        allocate: Callable[[int], memoryview] | None = None,
+        store: Callable[[int], MessageStore] | None = None,
     ) -> None:
         _check_announcement(total_size, total_chunks, digest, max_message_bytes)
         self.message_id = message_id
         self.total_size = total_size
         self.total_chunks = total_chunks
         self._announced = digest
-        self._buffer = (allocate or anonymous_buffer)(total_size)
+        self._store = (store or MemoryStore)(total_size)
         self._hasher = new_digest()
         self._written = 0
         self._next = 0
@@ -184,7 +185,7 @@ class Reassembler:
         view = memoryview(data).cast("B")
         self._check_size(view.nbytes)
         end = self._written + view.nbytes
-        self._buffer[self._written : end] = view
+        self._store.write(self._written, view)
         self._hasher.update(view)
         self._written = end
         self._next += 1
@@ -202,7 +203,7 @@ class Reassembler:
             raise ChunkError(f"message {self.message_id!r} lacks its digest")
         if self._hasher.hexdigest() != self._announced:
             raise ChunkError(f"message {self.message_id!r} does not match its digest")
-        return self._buffer
+        return self._store.contents()
 
     def _check_size(self, size: int) -> None:
         # Every chunk carries at least one byte, so the remaining chunks need as many bytes.
@@ -216,13 +217,33 @@ class Reassembler:
             )
 
 
-def anonymous_buffer(size: int) -> memoryview:
-    """`size` zeroed bytes of anonymous memory.
+class MessageStore(Protocol):
+    """Where a `Reassembler` puts a message: its bytes written in order, then read whole."""
 
-    The kernel zeroes them page by page as they are written: unlike a bytearray, whose
-    every page is touched once to be zeroed before it is filled.
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write `data` at `offset`."""
+
+    def contents(self) -> memoryview:
+        """The whole message."""
+
+
+class MemoryStore:
+    """A message in anonymous memory of `size` bytes.
+
+    The kernel zeroes it page by page as it is written: unlike a bytearray, whose every
+    page is touched once to be zeroed before it is filled.
     """
-    return memoryview(mmap.mmap(-1, size) if size else bytearray())
+
+    def __init__(self, size: int) -> None:
+        self._buffer = memoryview(mmap.mmap(-1, size) if size else bytearray())
+
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write `data` at `offset`."""
+        self._buffer[offset : offset + data.nbytes] = data
+
+    def contents(self) -> memoryview:
+        """The whole message, writable."""
+        return self._buffer
 
 
 def _check_announcement(

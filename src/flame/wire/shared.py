@@ -152,12 +152,14 @@ def map_file(
 
 
 class SharedBuffer:
-    """A file of a shared folder, mapped for writing: a receiver reassembles a message
-    into it, then `name`s it for the role code to map, without copying a byte.
+    """A file of a shared folder that a receiver reassembles a message into (a
+    `flame.wire.MessageStore`), then `name`s for the role code to map: no byte copied.
 
-    Its own name goes once the buffer is garbage (the mapping and the names handed
-    out keep the bytes for as long as they are used); a folder left by a process
-    that died goes with the next `make_shared_folder`.
+    Chunks are written with pwrite(2): the kernel fills each new page of the file
+    directly, instead of zeroing it on a fault and then having it overwritten; and the
+    pages are in no process's memory until one maps them. The file's own name and
+    descriptor go once the buffer is garbage; a folder left by a process that died
+    goes with the next `make_shared_folder`.
 
     Raises:
         OSError: The file system is full.
@@ -165,23 +167,39 @@ class SharedBuffer:
 
     def __init__(self, folder: Path, size: int) -> None:
         self._folder = folder
+        self._size = size
         self._path = folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, size)
-            self.view = memoryview(mmap.mmap(fd, size))
         except BaseException:
-            self._path.unlink(missing_ok=True)
+            _discard(fd, self._path)
             raise
-        finally:
-            os.close(fd)
-        weakref.finalize(self, self._path.unlink, missing_ok=True)
+        self._fd = fd
+        weakref.finalize(self, _discard, fd, self._path)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write `data` at `offset`."""
+        while data:
+            written = os.pwrite(self._fd, data, offset)
+            data, offset = data[written:], offset + written
+
+    def contents(self) -> memoryview:
+        """The whole message, mapped read-only."""
+        if not self._size:
+            return memoryview(b"")
+        return memoryview(mmap.mmap(self._fd, self._size, prot=mmap.PROT_READ))
 
     def name(self) -> Path:
         """Give the file a new name in its folder, for a reader to `map_file`."""
         path = self._folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
         os.link(self._path, path)
         return path
+
+
+def _discard(fd: int, path: Path) -> None:
+    os.close(fd)
+    path.unlink(missing_ok=True)
 
 
 def _check_file(path: Path, status: os.stat_result, size: int) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from flame.flamelet.dataplane.settings import TransferLimits
 from flame.flamelet.dataplane.transport import Bytes
 from flame.transport.v1 import frame_pb2
-from flame.wire import ChunkError, Reassembler, anonymous_buffer
+from flame.wire import ChunkError, MemoryStore, MessageStore, Reassembler
 from flame.wire.shared import SharedBuffer, shared_file_fits
 
 __all__ = ["Delivered", "Inbox", "RecentIds"]
@@ -191,10 +191,10 @@ class Inbox:
         self._incoming.pop(chunk.sender_id, None)
         shared: SharedBuffer | None = None
 
-        def allocate(size: int) -> memoryview:
+        def store(size: int) -> MessageStore:
             nonlocal shared
             shared = self._shared_buffer(size)
-            return anonymous_buffer(size) if shared is None else shared.view
+            return MemoryStore(size) if shared is None else shared
 
         try:
             reassembler = Reassembler(
@@ -203,7 +203,7 @@ class Inbox:
                 chunk.total_chunks,
                 chunk.digest,
                 max_message_bytes=self._limits.max_message_bytes,
-                allocate=allocate,
+                store=store,
             )
         except ChunkError as error:
             _log.warning("dropped a chunk of an invalid message: %s", error, extra=_where(chunk))
