@@ -41,7 +41,7 @@ from flame.errors import (
 from flame.rpc.errors import error_details
 from flame.rpc.server import DEFAULT_MAX_MESSAGE_BYTES
 from flame.wire import DEFAULT_CHUNK_BYTES, EncodedMessage, iter_chunks
-from flame.wire.shared import SharedFileError, map_file, shared_file_fits, write_file
+from flame.wire.shared import SharedFileError, SharedFileWriter, map_file, shared_file_fits
 
 if TYPE_CHECKING:
     from flame.flamelet.dataplane import DataPlane
@@ -58,6 +58,8 @@ __all__ = [
 SOCKET_ENV: Final = "FLAME_DATAPLANE_SOCKET"
 # "0" keeps every message on the chunk streams, never in shared files.
 SHARED_FILES_ENV: Final = "FLAME_DATAPLANE_SHARED_FILES"
+# How often a sender writing a shared file tells the flamelet how far it got.
+_PROGRESS_BYTES: Final = 4 * 1024 * 1024
 # ErrorInfo metadata key naming the end an END_LEFT or END_NOT_FOUND is about.
 _END_KEY: Final = "end_id"
 _T = TypeVar("_T")
@@ -166,32 +168,37 @@ class DataPlaneClient:
             broadcast=not end_ids,
             total_size=message.total_size,
         )
-        shared = self._write_shared(channel, message)
-        chunks: Iterator[channel_service_pb2.SendMessageRequest]
+        shared = self._shared_writer(channel, message.total_size)
+        body: Iterator[channel_service_pb2.SendMessageRequest]
         if shared is None:
-            chunks = (
+            body = (
                 channel_service_pb2.SendMessageRequest(chunk=bytes(chunk))
                 for chunk in iter_chunks(message.segments(), DEFAULT_CHUNK_BYTES)
             )
         else:
-            header.shared_file, chunks = str(shared), iter(())
-        requests = itertools.chain([channel_service_pb2.SendMessageRequest(header=header)], chunks)
+            # Written as it is sent: the flamelet sends what is written meanwhile.
+            header.shared_file = str(shared.path)
+            body = (
+                channel_service_pb2.SendMessageRequest(shared_file_written=written)
+                for written in shared.write(message.segments(), _PROGRESS_BYTES)
+            )
+        requests = itertools.chain([channel_service_pb2.SendMessageRequest(header=header)], body)
         try:
             self._stub.SendMessage(requests, timeout=timeout)
         except grpc.RpcError as err:
             raise _translate(err, channel, end_ids, on_timeout) from None
         finally:
-            # The flamelet removes it once mapped; not when the call failed first.
             if shared is not None:
-                shared.unlink(missing_ok=True)
+                shared.close()
 
-    def _write_shared(self, channel: str, message: EncodedMessage) -> Path | None:
-        """`message` written to a file of the channel's shared folder, when worth it."""
+    def _shared_writer(self, channel: str, size: int) -> SharedFileWriter | None:
+        """A file of the channel's shared folder for a message of `size` bytes, when
+        worth it."""
         folder = self._shared_folders.get(channel)
-        if folder is None or not shared_file_fits(folder, message.total_size):
+        if folder is None or not shared_file_fits(folder, size):
             return None
         try:
-            return write_file(folder, message.segments())
+            return SharedFileWriter(folder, size)
         except OSError:
             # No room after all (another writer took it): the chunk stream needs none.
             return None

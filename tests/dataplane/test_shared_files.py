@@ -14,7 +14,7 @@ import pytest
 from flame._dataplane_client import DataPlaneClient, Received
 from flame.dataplane.v1 import channel_pb2
 from flame.dataplane.v1 import channel_service_pb2 as pb
-from flame.wire.shared import SHARED_FILE_MIN_BYTES, map_file, write_file
+from flame.wire.shared import SHARED_FILE_MIN_BYTES, SharedFileWriter, map_file, write_file
 from tests.dataplane.support import (
     CHANNEL,
     MIB,
@@ -141,3 +141,38 @@ async def test_the_sdk_takes_each_message_once(channel_tasks: Harness) -> None:
         assert await asyncio.to_thread(receive, True) is None
     finally:
         client.close()
+
+
+async def test_a_file_is_sent_while_it_is_written(channel_tasks: Harness) -> None:
+    aggregator, trainer = await pair(channel_tasks, job_id())
+    data = payload(3 * MIB + 5)
+    writer = SharedFileWriter(await shared_folder(trainer), len(data))
+    progress = writer.write([data[:MIB], data[MIB : 2 * MIB + 3], data[2 * MIB + 3 :]], MIB)
+    header = channel_pb2.MessageHeader(
+        channel=CHANNEL, end_ids=[aggregator.id], total_size=len(data), shared_file=str(writer.path)
+    )
+    requests = [pb.SendMessageRequest(header=header)]
+    requests += [pb.SendMessageRequest(shared_file_written=written) for written in progress]
+    assert [r.shared_file_written for r in requests[1:]] == [MIB, 2 * MIB + 3, len(data)]
+    await trainer.stub.SendMessage(iter(requests), timeout=30)
+    writer.close()
+    received = await aggregator.receive([trainer.id])
+    assert received is not None and received.data == data
+
+
+async def test_written_bytes_never_go_back(channel_tasks: Harness) -> None:
+    aggregator, trainer = await pair(channel_tasks, job_id())
+    data = payload(2 * MIB)
+    path = write_file(await shared_folder(trainer), [data])
+    header = channel_pb2.MessageHeader(
+        channel=CHANNEL, end_ids=[aggregator.id], total_size=len(data), shared_file=str(path)
+    )
+    requests = [
+        pb.SendMessageRequest(header=header),
+        pb.SendMessageRequest(shared_file_written=MIB),
+        pb.SendMessageRequest(shared_file_written=MIB - 1),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await trainer.stub.SendMessage(iter(requests), timeout=30)
+    assert reason(raised.value) == (grpc.StatusCode.INVALID_ARGUMENT, "MESSAGE_INVALID")
+    assert await aggregator.receive([trainer.id], no_wait=True) is None

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import stat
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -27,6 +27,7 @@ __all__ = [
     "SHARED_FILE_MIN_BYTES",
     "SharedBuffer",
     "SharedFileError",
+    "SharedFileWriter",
     "make_shared_folder",
     "map_file",
     "shared_file_fits",
@@ -93,14 +94,11 @@ def write_file(folder: Path, segments: Iterable[_Bytes]) -> Path:
         OSError: The file cannot be created or written (a full file system); no file
             is left behind.
     """
-    path = folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    path, fd = _create(folder)
     try:
-        with open(fd, "wb", buffering=0, closefd=False) as file:
-            for segment in segments:
-                view = memoryview(segment).cast("B")
-                while view:
-                    view = view[file.write(view) :]
+        offset = 0
+        for segment in segments:
+            offset = _write_at(fd, memoryview(segment).cast("B"), offset)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -109,14 +107,65 @@ def write_file(folder: Path, segments: Iterable[_Bytes]) -> Path:
     return path
 
 
+class SharedFileWriter:
+    """A new file of `size` bytes in `folder`, written while a reader already takes
+    what is written: `write` tells how far it got as it goes.
+
+    Raises:
+        OSError: The file cannot be created (a full file system).
+    """
+
+    def __init__(self, folder: Path, size: int) -> None:
+        self.path, self._fd = _create(folder)
+        try:
+            os.ftruncate(self._fd, size)
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, segments: Iterable[_Bytes], step: int) -> Iterator[int]:
+        """Write `segments` in order; yield the bytes written so far every `step`
+        bytes or so, and once all are.
+
+        Raises:
+            OSError: The file system filled up meanwhile.
+        """
+        offset = reported = 0
+        for segment in segments:
+            offset = _write_at(self._fd, memoryview(segment).cast("B"), offset)
+            if offset - reported >= step:
+                reported = offset
+                yield offset
+        if offset != reported:
+            yield offset
+
+    def close(self) -> None:
+        """Close the file and remove its name if the reader did not."""
+        os.close(self._fd)
+        self.path.unlink(missing_ok=True)
+
+
+def _create(folder: Path) -> tuple[Path, int]:
+    path = folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
+    return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+
+def _write_at(fd: int, data: memoryview, offset: int) -> int:
+    """pwrite(2) all of `data` at `offset`; returns the offset after it."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+    return offset
+
+
 def map_file(
     path: str | Path, size: int, *, folder: Path | None = None, writable: bool = True
 ) -> memoryview:
     """Map the file `path` of `size` bytes, remove its name, and return its bytes.
 
     A writable mapping is private: writing to the returned view (decoded tensors are
-    views of it) changes this process's copy only, never the file. A read-only one is
-    mapped whole at once, cheaper than a fault per page for a reader of every byte.
+    views of it) changes this process's copy only, never the file. A read-only one
+    shows the file as it is written meanwhile.
 
     Args:
         path: The file.
@@ -144,8 +193,7 @@ def map_file(
         if writable:
             mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE)
         else:
-            flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
-            mapped = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+            mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
     return memoryview(mapped)
@@ -180,9 +228,7 @@ class SharedBuffer:
 
     def write(self, offset: int, data: memoryview) -> None:
         """Write `data` at `offset`."""
-        while data:
-            written = os.pwrite(self._fd, data, offset)
-            data, offset = data[written:], offset + written
+        _write_at(self._fd, data, offset)
 
     def contents(self) -> memoryview:
         """The whole message, mapped read-only."""

@@ -81,8 +81,10 @@ class MessageHeader(_message.Message):
     """
     shared_file: _builtins.str
     """When set, the message's bytes are this file and no chunk follows the header.
-    On send: a regular file the caller wrote inside the channel's
-    `JoinChannelResponse.shared_folder`; the flamelet takes it over and removes it.
+    On send: a regular file of `total_size` bytes inside the channel's
+    `JoinChannelResponse.shared_folder`, which the caller may still be writing
+    (`SendMessageRequest.shared_file_written`); the flamelet takes it over and
+    removes its name.
     On receive (only for a request with `accept_shared_file`): a file the caller
     maps, then removes.
     """

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flame.dataplane.v1 import channel_pb2 as flame_dot_dataplane_dot_v1_dot_channel__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(flame/dataplane/v1/channel_service.proto\x12\x12\x66lame.dataplane.v1\x1a flame/dataplane/v1/channel.proto\"%\n\x12JoinChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"p\n\x13JoinChannelResponse\x12\x0e\n\x06\x65nd_id\x18\x01 \x01(\t\x12\x12\n\nother_role\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x15\n\rshared_folder\x18\x05 \x01(\t\"&\n\x13LeaveChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"\x16\n\x14LeaveChannelResponse\"\"\n\x0fListEndsRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"9\n\x10ListEndsResponse\x12%\n\x04\x65nds\x18\x01 \x03(\x0b\x32\x17.flame.dataplane.v1.End\"#\n\x10WatchEndsRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"I\n\x11WatchEndsResponse\x12$\n\x03\x65nd\x18\x01 \x01(\x0b\x32\x17.flame.dataplane.v1.End\x12\x0e\n\x06joined\x18\x02 \x01(\x08\"e\n\x12SendMessageRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.flame.dataplane.v1.MessageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\":\n\x13SendMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65nd_ids\x18\x02 \x03(\t\"t\n\x15ReceiveMessageRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07\x65nd_ids\x18\x02 \x03(\t\x12\x0f\n\x07no_wait\x18\x03 \x01(\x08\x12\x0c\n\x04peek\x18\x04 \x01(\x08\x12\x1a\n\x12\x61\x63\x63\x65pt_shared_file\x18\x05 \x01(\x08\"i\n\x16ReceiveMessageResponse\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.flame.dataplane.v1.MessageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent2\xe5\x04\n\x0e\x43hannelService\x12`\n\x0bJoinChannel\x12&.flame.dataplane.v1.JoinChannelRequest\x1a\'.flame.dataplane.v1.JoinChannelResponse\"\x00\x12\x63\n\x0cLeaveChannel\x12\'.flame.dataplane.v1.LeaveChannelRequest\x1a(.flame.dataplane.v1.LeaveChannelResponse\"\x00\x12Z\n\x08ListEnds\x12#.flame.dataplane.v1.ListEndsRequest\x1a$.flame.dataplane.v1.ListEndsResponse\"\x03\x90\x02\x01\x12_\n\tWatchEnds\x12$.flame.dataplane.v1.WatchEndsRequest\x1a%.flame.dataplane.v1.WatchEndsResponse\"\x03\x90\x02\x01\x30\x01\x12\x62\n\x0bSendMessage\x12&.flame.dataplane.v1.SendMessageRequest\x1a\'.flame.dataplane.v1.SendMessageResponse\"\x00(\x01\x12k\n\x0eReceiveMessage\x12).flame.dataplane.v1.ReceiveMessageRequest\x1a*.flame.dataplane.v1.ReceiveMessageResponse\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(flame/dataplane/v1/channel_service.proto\x12\x12\x66lame.dataplane.v1\x1a flame/dataplane/v1/channel.proto\"%\n\x12JoinChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"p\n\x13JoinChannelResponse\x12\x0e\n\x06\x65nd_id\x18\x01 \x01(\t\x12\x12\n\nother_role\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x15\n\rshared_folder\x18\x05 \x01(\t\"&\n\x13LeaveChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"\x16\n\x14LeaveChannelResponse\"\"\n\x0fListEndsRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"9\n\x10ListEndsResponse\x12%\n\x04\x65nds\x18\x01 \x03(\x0b\x32\x17.flame.dataplane.v1.End\"#\n\x10WatchEndsRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"I\n\x11WatchEndsResponse\x12$\n\x03\x65nd\x18\x01 \x01(\x0b\x32\x17.flame.dataplane.v1.End\x12\x0e\n\x06joined\x18\x02 \x01(\x08\"\x84\x01\n\x12SendMessageRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.flame.dataplane.v1.MessageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x1d\n\x13shared_file_written\x18\x03 \x01(\x03H\x00\x42\t\n\x07\x63ontent\":\n\x13SendMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65nd_ids\x18\x02 \x03(\t\"t\n\x15ReceiveMessageRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07\x65nd_ids\x18\x02 \x03(\t\x12\x0f\n\x07no_wait\x18\x03 \x01(\x08\x12\x0c\n\x04peek\x18\x04 \x01(\x08\x12\x1a\n\x12\x61\x63\x63\x65pt_shared_file\x18\x05 \x01(\x08\"i\n\x16ReceiveMessageResponse\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.flame.dataplane.v1.MessageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent2\xe5\x04\n\x0e\x43hannelService\x12`\n\x0bJoinChannel\x12&.flame.dataplane.v1.JoinChannelRequest\x1a\'.flame.dataplane.v1.JoinChannelResponse\"\x00\x12\x63\n\x0cLeaveChannel\x12\'.flame.dataplane.v1.LeaveChannelRequest\x1a(.flame.dataplane.v1.LeaveChannelResponse\"\x00\x12Z\n\x08ListEnds\x12#.flame.dataplane.v1.ListEndsRequest\x1a$.flame.dataplane.v1.ListEndsResponse\"\x03\x90\x02\x01\x12_\n\tWatchEnds\x12$.flame.dataplane.v1.WatchEndsRequest\x1a%.flame.dataplane.v1.WatchEndsResponse\"\x03\x90\x02\x01\x30\x01\x12\x62\n\x0bSendMessage\x12&.flame.dataplane.v1.SendMessageRequest\x1a\'.flame.dataplane.v1.SendMessageResponse\"\x00(\x01\x12k\n\x0eReceiveMessage\x12).flame.dataplane.v1.ReceiveMessageRequest\x1a*.flame.dataplane.v1.ReceiveMessageResponse\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,14 +52,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHENDSREQUEST']._serialized_end=445
   _globals['_WATCHENDSRESPONSE']._serialized_start=447
   _globals['_WATCHENDSRESPONSE']._serialized_end=520
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=522
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=623
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=625
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=683
-  _globals['_RECEIVEMESSAGEREQUEST']._serialized_start=685
-  _globals['_RECEIVEMESSAGEREQUEST']._serialized_end=801
-  _globals['_RECEIVEMESSAGERESPONSE']._serialized_start=803
-  _globals['_RECEIVEMESSAGERESPONSE']._serialized_end=908
-  _globals['_CHANNELSERVICE']._serialized_start=911
-  _globals['_CHANNELSERVICE']._serialized_end=1524
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=523
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=655
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=657
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=715
+  _globals['_RECEIVEMESSAGEREQUEST']._serialized_start=717
+  _globals['_RECEIVEMESSAGEREQUEST']._serialized_end=833
+  _globals['_RECEIVEMESSAGERESPONSE']._serialized_start=835
+  _globals['_RECEIVEMESSAGERESPONSE']._serialized_end=940
+  _globals['_CHANNELSERVICE']._serialized_start=943
+  _globals['_CHANNELSERVICE']._serialized_end=1556
 # @@protoc_insertion_point(module_scope)

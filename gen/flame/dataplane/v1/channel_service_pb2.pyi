@@ -225,8 +225,14 @@ class SendMessageRequest(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    SHARED_FILE_WRITTEN_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
     """The next bytes of the message."""
+    shared_file_written: _builtins.int
+    """How many bytes of the shared file, from its start, the caller has written:
+    the flamelet sends those while the caller writes the rest. Never decreasing;
+    the whole file is written once the caller closes the stream.
+    """
     @_builtins.property
     def header(self) -> _channel_pb2.MessageHeader:
         """Where the message goes and how large it is."""
@@ -236,12 +242,13 @@ class SendMessageRequest(_message.Message):
         *,
         header: _channel_pb2.MessageHeader | None = ...,
         chunk: _builtins.bytes = ...,
+        shared_file_written: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content", b"content", "header", b"header"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content", b"content", "header", b"header", "shared_file_written", b"shared_file_written"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content", b"content", "header", b"header"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content", b"content", "header", b"header", "shared_file_written", b"shared_file_written"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["header", "chunk", "shared_file_written"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 

@@ -114,9 +114,9 @@ class ChannelServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SendMessage(self, request_iterator, context):
-        """Sends one message: a header, then the message bytes in chunks (or no chunk
-        when the header names a shared file). Answers once the flamelet has taken the
-        whole message for delivery.
+        """Sends one message: a header, then the message bytes in chunks (or, when the
+        header names a shared file, how far the caller has written it). Answers once
+        the flamelet has taken the whole message for delivery.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,9 +50,9 @@ class ChannelServiceStub:
     WatchEnds: _grpc.UnaryStreamMultiCallable[_channel_service_pb2.WatchEndsRequest, _channel_service_pb2.WatchEndsResponse]
     """Streams the current ends of a channel, then every end that joins or leaves."""
     SendMessage: _grpc.StreamUnaryMultiCallable[_channel_service_pb2.SendMessageRequest, _channel_service_pb2.SendMessageResponse]
-    """Sends one message: a header, then the message bytes in chunks (or no chunk
-    when the header names a shared file). Answers once the flamelet has taken the
-    whole message for delivery.
+    """Sends one message: a header, then the message bytes in chunks (or, when the
+    header names a shared file, how far the caller has written it). Answers once
+    the flamelet has taken the whole message for delivery.
     """
     ReceiveMessage: _grpc.UnaryStreamMultiCallable[_channel_service_pb2.ReceiveMessageRequest, _channel_service_pb2.ReceiveMessageResponse]
     """Receives the next complete message from one of the named ends (any end
@@ -82,9 +82,9 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     WatchEnds: _aio.UnaryStreamMultiCallable[_channel_service_pb2.WatchEndsRequest, _channel_service_pb2.WatchEndsResponse]  # type: ignore[assignment]
     """Streams the current ends of a channel, then every end that joins or leaves."""
     SendMessage: _aio.StreamUnaryMultiCallable[_channel_service_pb2.SendMessageRequest, _channel_service_pb2.SendMessageResponse]  # type: ignore[assignment]
-    """Sends one message: a header, then the message bytes in chunks (or no chunk
-    when the header names a shared file). Answers once the flamelet has taken the
-    whole message for delivery.
+    """Sends one message: a header, then the message bytes in chunks (or, when the
+    header names a shared file, how far the caller has written it). Answers once
+    the flamelet has taken the whole message for delivery.
     """
     ReceiveMessage: _aio.UnaryStreamMultiCallable[_channel_service_pb2.ReceiveMessageRequest, _channel_service_pb2.ReceiveMessageResponse]  # type: ignore[assignment]
     """Receives the next complete message from one of the named ends (any end
@@ -141,9 +141,9 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_channel_service_pb2.SendMessageRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_channel_service_pb2.SendMessageResponse, _abc.Awaitable[_channel_service_pb2.SendMessageResponse]]:
-        """Sends one message: a header, then the message bytes in chunks (or no chunk
-        when the header names a shared file). Answers once the flamelet has taken the
-        whole message for delivery.
+        """Sends one message: a header, then the message bytes in chunks (or, when the
+        header names a shared file, how far the caller has written it). Answers once
+        the flamelet has taken the whole message for delivery.
         """
 
     @_abc_1.abstractmethod

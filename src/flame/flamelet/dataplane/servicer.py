@@ -146,15 +146,21 @@ class ChannelServicer(channel_service_pb2_grpc.ChannelServiceServicer):
         """The bytes of the file a SendMessage header names, in chunk-sized pieces."""
         if self._shared_folder is None:
             raise errors.message_invalid("this data plane takes no shared files")
-        if await anext(requests, None) is not None:
-            raise errors.message_invalid("no chunk follows a header naming a shared file")
         try:
             data = map_file(
                 header.shared_file, header.total_size, folder=self._shared_folder, writable=False
             )
         except SharedFileError as exc:
             raise errors.message_invalid(str(exc)) from None
-        async for piece in _pieces(data, self._bridge.limits.chunk_bytes):
+        piece_bytes = self._bridge.limits.chunk_bytes
+        taken = 0
+        async for written in _written(requests, len(data)):
+            # Whole pieces only while the caller writes: the chunks stay views.
+            ready = written if written == len(data) else written - written % piece_bytes
+            async for piece in _pieces(data[taken:ready], piece_bytes):
+                yield piece
+            taken = ready
+        async for piece in _pieces(data[taken:], piece_bytes):
             yield piece
 
     def _checked_size(self, size: int) -> int:
@@ -179,6 +185,22 @@ async def _chunks(requests: AsyncIterator[pb.SendMessageRequest]) -> AsyncIterat
         if not request.HasField("chunk"):
             raise errors.message_invalid("only the first message of the stream is a header")
         yield request.chunk
+
+
+async def _written(requests: AsyncIterator[pb.SendMessageRequest], size: int) -> AsyncIterator[int]:
+    """How far the caller has written its shared file, as it says so."""
+    written = 0
+    async for request in requests:
+        if request.WhichOneof("content") != "shared_file_written":
+            raise errors.message_invalid(
+                "only shared_file_written follows a header naming a shared file"
+            )
+        if not written <= request.shared_file_written <= size:
+            raise errors.message_invalid(
+                f"shared_file_written {request.shared_file_written} goes back or past {size} bytes"
+            )
+        written = request.shared_file_written
+        yield written
 
 
 async def _pieces(data: memoryview, piece_bytes: int) -> AsyncIterator[memoryview]:
