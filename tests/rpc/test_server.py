@@ -39,9 +39,23 @@ class FailingNotifier(notify_service_pb2_grpc.NotifyServiceServicer):
         raise NotFound("SUBSCRIBER_UNKNOWN", f"no subscriber {request.subscriber}")
 
 
-async def serve(options: ServerOptions) -> RunningServer:
+class WritingNotifier(FailingNotifier):
+    """Streams with `context.write` instead of yielding."""
+
+    async def SubscribeEvents(self, request: Any, context: Any) -> None:  # type: ignore[override]
+        await context.write(
+            notify_service_pb2.SubscribeEventsResponse(
+                heartbeat=notify_service_pb2.Heartbeat(last_cursor=7)
+            )
+        )
+        raise NotFound("SUBSCRIBER_UNKNOWN", f"no subscriber {request.subscriber}")
+
+
+async def serve(options: ServerOptions, servicer: FailingNotifier | None = None) -> RunningServer:
     service = bind(
-        NOTIFY, notify_service_pb2_grpc.add_NotifyServiceServicer_to_server, FailingNotifier()
+        NOTIFY,
+        notify_service_pb2_grpc.add_NotifyServiceServicer_to_server,
+        servicer or FailingNotifier(),
     )
     return await start_server([service], options)
 
@@ -91,10 +105,19 @@ async def test_domain_error_reaches_the_client_with_reason_and_violations(
     assert details.violations == [FieldViolation("cursor", "must be positive")]
 
 
+@pytest.mark.parametrize("servicer", [FailingNotifier, WritingNotifier])
 async def test_domain_error_ends_a_server_stream_after_its_messages(
-    plaintext_server: RunningServer,
+    servicer: type[FailingNotifier],
 ) -> None:
-    async with open_channel(plaintext_server.address, tls=None) as channel:
+    running = await serve(ServerOptions(), servicer())
+    try:
+        await check_stream_ends_with_domain_error(running)
+    finally:
+        await running.stop()
+
+
+async def check_stream_ends_with_domain_error(server: RunningServer) -> None:
+    async with open_channel(server.address, tls=None) as channel:
         stub = notify_service_pb2_grpc.NotifyServiceStub(channel)
         call = stub.SubscribeEvents(
             notify_service_pb2.SubscribeEventsRequest(subscriber="task/x"), timeout=5

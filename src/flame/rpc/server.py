@@ -9,6 +9,7 @@ keeps it running until SIGTERM or SIGINT, then drains calls for a grace period.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -143,6 +144,11 @@ def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behavior):
+        # A coroutine that writes its responses (`context.write`): one generator step
+        # per message fewer than yielding them, which counts in a large fan-out.
+        return _guard_unary(behavior)
+
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             async for response in behavior(request, context):
