@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import pytest
 
 from flame.dataplane.v1 import channel_pb2, channel_service_pb2, channel_service_pb2_grpc
 from flame.flamelet.dataplane import (
@@ -21,8 +23,10 @@ from flame.flamelet.dataplane import (
     TransferLimits,
     start_bridge,
 )
+from flame.flamelet.dataplane.transport import Bytes, Transport
 from flame.rpc.client import open_channel
 from flame.rpc.errors import error_details
+from flame.transport.v1 import frame_pb2
 from flame.wire import message_digest
 
 if TYPE_CHECKING:
@@ -270,3 +274,19 @@ async def pair(harness: Harness, job: str, **options: Any) -> tuple[Task, Task]:
     await aggregator.await_ends([trainer.id])
     await trainer.await_ends([aggregator.id])
     return aggregator, trainer
+
+
+def count_chunks_sent(monkeypatch: pytest.MonkeyPatch, transport: type[Transport]) -> Counter[int]:
+    """How many times each chunk sequence is published through `transport`, by any bridge."""
+    sent: Counter[int] = Counter()
+    publish = transport.publish
+
+    async def counting(
+        self: Transport, end_id: str, frame: frame_pb2.Frame, data: Bytes = b""
+    ) -> None:
+        await publish(self, end_id, frame, data)
+        if frame.HasField("chunk"):
+            sent[frame.chunk.sequence] += 1
+
+    monkeypatch.setattr(transport, "publish", counting)
+    return sent

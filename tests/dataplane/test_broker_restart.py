@@ -10,10 +10,17 @@ from collections import Counter
 import pytest
 
 from flame.flamelet.dataplane import MqttTransport
-from flame.flamelet.dataplane.transport import Bytes
-from flame.transport.v1 import frame_pb2
 from tests.dataplane.brokers import Mosquitto
-from tests.dataplane.support import CHANNEL, MIB, Task, Tasks, digest, job_id, payload
+from tests.dataplane.support import (
+    CHANNEL,
+    MIB,
+    Task,
+    Tasks,
+    count_chunks_sent,
+    digest,
+    job_id,
+    payload,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -21,18 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 @pytest.fixture
 def chunks_sent(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
     """How many times each chunk sequence was published, by any bridge."""
-    sent: Counter[int] = Counter()
-    publish = MqttTransport.publish
-
-    async def counting(
-        self: MqttTransport, end_id: str, frame: frame_pb2.Frame, data: Bytes = b""
-    ) -> None:
-        await publish(self, end_id, frame, data)
-        if frame.HasField("chunk"):
-            sent[frame.chunk.sequence] += 1
-
-    monkeypatch.setattr(MqttTransport, "publish", counting)
-    return sent
+    return count_chunks_sent(monkeypatch, MqttTransport)
 
 
 async def progress(sender: Task) -> float:

@@ -22,7 +22,6 @@ from flame.compute.v1 import compute_service_pb2 as compute_pb
 from flame.flamelet.dataplane import P2pTransport, PeerSettings, start_dataplane
 from flame.flamelet.dataplane.discovery import DIRECTORY_ENV, DiscoveryRefused, directory_root
 from flame.flamelet.dataplane.p2p import CHANNEL_KEY, END_ID_KEY, GROUP_KEY, JOB_ID_KEY
-from flame.flamelet.dataplane.transport import Bytes
 from flame.job.v1 import job_pb2
 from flame.job.v1 import job_service_pb2 as job_pb
 from flame.peer.v1 import peer_service_pb2 as peer_pb
@@ -38,6 +37,7 @@ from tests.dataplane.support import (
     MIB,
     P2pTasks,
     Task,
+    count_chunks_sent,
     digest,
     job_id,
     new_id,
@@ -56,18 +56,7 @@ Presence = frame_pb2.Presence
 @pytest.fixture
 def chunks_sent(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
     """How many times each chunk sequence was handed to a p2p stream."""
-    sent: Counter[int] = Counter()
-    publish = P2pTransport.publish
-
-    async def counting(
-        self: P2pTransport, end_id: str, frame: frame_pb2.Frame, data: Bytes = b""
-    ) -> None:
-        await publish(self, end_id, frame, data)
-        if frame.HasField("chunk"):
-            sent[frame.chunk.sequence] += 1
-
-    monkeypatch.setattr(P2pTransport, "publish", counting)
-    return sent
+    return count_chunks_sent(monkeypatch, P2pTransport)
 
 
 # --- presence ----------------------------------------------------------------------

@@ -98,7 +98,8 @@ def message_digest(segments: Iterable[_Bytes]) -> str:
 class Reassembler:
     """Rebuilds ONE message from its chunks, delivered in order, possibly replayed.
 
-    The message is written into one buffer allocated up front, and hashed as it arrives.
+    The message is written into one store allocated up front (memory, or a shared file),
+    and hashed as it arrives.
     A rejected chunk leaves the state unchanged, so the sender can resume from
     `next_sequence`.
 

@@ -94,7 +94,7 @@ def write_file(folder: Path, segments: Iterable[_Bytes]) -> Path:
         OSError: The file cannot be created or written (a full file system); no file
             is left behind.
     """
-    path, fd = _create(folder)
+    path, fd = _create(folder, os.O_WRONLY)
     try:
         offset = 0
         for segment in segments:
@@ -116,12 +116,7 @@ class SharedFileWriter:
     """
 
     def __init__(self, folder: Path, size: int) -> None:
-        self.path, self._fd = _create(folder)
-        try:
-            os.ftruncate(self._fd, size)
-        except BaseException:
-            self.close()
-            raise
+        self.path, self._fd = _create(folder, os.O_WRONLY, size)
 
     def write(self, segments: Iterable[_Bytes], step: int) -> Iterator[int]:
         """Write `segments` in order; yield the bytes written so far every `step`
@@ -145,9 +140,20 @@ class SharedFileWriter:
         self.path.unlink(missing_ok=True)
 
 
-def _create(folder: Path) -> tuple[Path, int]:
-    path = folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
-    return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+def _new_name(folder: Path) -> Path:
+    return folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
+
+
+def _create(folder: Path, access: int, size: int = 0) -> tuple[Path, int]:
+    """A new private file of `folder`, opened with `access` and `size` bytes long."""
+    path = _new_name(folder)
+    fd = os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        _discard(fd, path)
+        raise
+    return path, fd
 
 
 def _write_at(fd: int, data: memoryview, offset: int) -> int:
@@ -216,15 +222,8 @@ class SharedBuffer:
     def __init__(self, folder: Path, size: int) -> None:
         self._folder = folder
         self._size = size
-        self._path = folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, size)
-        except BaseException:
-            _discard(fd, self._path)
-            raise
-        self._fd = fd
-        weakref.finalize(self, _discard, fd, self._path)
+        self._path, self._fd = _create(folder, os.O_RDWR, size)
+        weakref.finalize(self, _discard, self._fd, self._path)
 
     def write(self, offset: int, data: memoryview) -> None:
         """Write `data` at `offset`."""
@@ -238,7 +237,7 @@ class SharedBuffer:
 
     def name(self) -> Path:
         """Give the file a new name in its folder, for a reader to `map_file`."""
-        path = self._folder / f"{_FILE_PREFIX}{secrets.token_hex(16)}"
+        path = _new_name(self._folder)
         os.link(self._path, path)
         return path
 

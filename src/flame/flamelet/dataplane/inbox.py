@@ -1,7 +1,7 @@
 """The receiving half of a channel: reassemble, verify, acknowledge, queue.
 
 A sender transfers one message at a time to a given end, so the inbox holds at most
-one message in reassembly per sender, written into one buffer allocated up front
+one message in reassembly per sender, written into one store allocated up front
 (`flame.wire.Reassembler`). Acknowledgements tell the sender how far it got:
 
 * every `ack_every` chunks, `Ack(next_sequence=n)`: chunks below n arrived;
@@ -229,7 +229,7 @@ class Inbox:
             return None
         try:
             return SharedBuffer(folder, size)
-        except OSError as error:  # No O_TMPFILE there, or no room after all.
+        except OSError as error:  # No room after all.
             _log.debug("reassembling in memory: %s", error)
             return None
 

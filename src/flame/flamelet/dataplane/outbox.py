@@ -74,7 +74,7 @@ class Outgoing:
     _ready: int = field(init=False)
 
     # A streaming message keeps the pieces as they came, not copied into `data`.
-    _segments: list[bytes | memoryview] = field(init=False, default_factory=list)
+    _segments: list[Bytes] = field(init=False, default_factory=list)
     _offsets: list[int] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -100,7 +100,7 @@ class Outgoing:
             return max(self.total_chunks, 1)
         return max(min(self.filled // self.chunk_bytes, self.total_chunks - 1), 0)
 
-    def write(self, chunk: bytes | memoryview) -> None:
+    def write(self, chunk: Bytes) -> None:
         """Append the next bytes of a streaming message; kept, not copied.
 
         Raises:
@@ -133,7 +133,7 @@ class Outgoing:
         self.abandoned = True
         self._wake()
 
-    def piece(self, sequence: int) -> bytes | memoryview:
+    def piece(self, sequence: int) -> Bytes:
         """The bytes of chunk `sequence`: a piece as it came when it is one, no copy."""
         start = sequence * self.chunk_bytes
         end = min(start + self.chunk_bytes, self.size)

@@ -19,6 +19,7 @@ from flame.flamelet.dataplane.ends import EndInfo
 from flame.flamelet.dataplane.heap import trim_heap
 from flame.flamelet.dataplane.inbox import Delivered
 from flame.flamelet.dataplane.outbox import Outgoing, Transfer
+from flame.flamelet.dataplane.transport import Bytes
 from flame.wire.chunks import new_digest
 from flame.wire.shared import SharedFileError, map_file, shared_file_fits, write_file
 
@@ -27,7 +28,6 @@ __all__ = ["ChannelServicer"]
 pb = channel_service_pb2
 # A message this large leaves a heap worth trimming once freed.
 _TRIM_BYTES = 16 * 1024 * 1024
-_Bytes = bytes | memoryview
 # Deadlines this far away are no deadline at all.
 _NO_DEADLINE_SECONDS = 1e8
 
@@ -211,7 +211,7 @@ async def _pieces(data: memoryview, piece_bytes: int) -> AsyncIterator[memoryvie
         await asyncio.sleep(0)
 
 
-async def _body(pieces: AsyncIterator[_Bytes], message: Outgoing, announced: str) -> None:
+async def _body(pieces: AsyncIterator[Bytes], message: Outgoing, announced: str) -> None:
     """Write the pieces into `message` as they come, hashing them; complete it at the
     end, or abandon it (its transfers then give up) when the stream is invalid or
     breaks."""
