@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from flame.design.v1 import design_service_pb2, design_service_pb2_grpc
 from flame.notify.v1 import notify_service_pb2, notify_service_pb2_grpc
+from flame.rpc import server as rpc_server
 from flame.rpc.certs import CertificateAuthority
 from flame.rpc.client import open_channel
 from flame.rpc.errors import FieldViolation, InvalidArgument, NotFound, error_details
@@ -19,6 +22,7 @@ from flame.rpc.server import RunningServer, ServerOptions, bind, start_server
 from flame.rpc.tls import ClientTls, ServerTls
 
 NOTIFY = notify_service_pb2.DESCRIPTOR.services_by_name["NotifyService"]
+DESIGNS = design_service_pb2.DESCRIPTOR.services_by_name["DesignService"]
 
 
 class FailingNotifier(notify_service_pb2_grpc.NotifyServiceServicer):
@@ -137,6 +141,58 @@ async def test_unimplemented_rpc_answers_unimplemented(plaintext_server: Running
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.PublishEvent(notify_service_pb2.PublishEventRequest(), timeout=5)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+class RefusingUploads(design_service_pb2_grpc.DesignServiceServicer):
+    """Refuses every upload on its first message, before the client has sent the rest."""
+
+    async def UploadCode(self, request_iterator: Any, context: Any) -> Any:
+        async for _ in request_iterator:
+            raise InvalidArgument("CODE_INVALID", "the stream must open with its metadata")
+
+
+@pytest.fixture
+async def upload_refuser() -> AsyncIterator[RunningServer]:
+    service = bind(
+        DESIGNS, design_service_pb2_grpc.add_DesignServiceServicer_to_server, RefusingUploads()
+    )
+    running = await start_server([service], ServerOptions())
+    yield running
+    await running.stop()
+
+
+def upload_chunks(count: int) -> list[design_service_pb2.UploadCodeRequest]:
+    return [design_service_pb2.UploadCodeRequest(chunk=bytes(1000)) for _ in range(count)]
+
+
+async def test_a_client_stream_refused_early_keeps_its_status(
+    upload_refuser: RunningServer,
+) -> None:
+    # Without reading the rest of the stream first, a grpc.aio client still writing
+    # reports INTERNAL for about one refused call in a hundred.
+    codes = []
+    async with open_channel(upload_refuser.address, tls=None) as channel:
+        stub = design_service_pb2_grpc.DesignServiceStub(channel)
+        for _ in range(300):
+            try:
+                await stub.UploadCode(iter(upload_chunks(5)), timeout=5)
+            except grpc.aio.AioRpcError as error:
+                codes.append((error.code(), error_details(error).reason))
+    assert set(codes) == {(grpc.StatusCode.INVALID_ARGUMENT, "CODE_INVALID")}
+    assert len(codes) == 300
+
+
+async def test_a_refused_client_stream_that_never_ends_gets_its_status_after_a_while(
+    upload_refuser: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rpc_server, "_DRAIN_SECONDS", 0.3)
+    async with open_channel(upload_refuser.address, tls=None) as channel:
+        stub = design_service_pb2_grpc.DesignServiceStub(channel)
+        call = stub.UploadCode(timeout=10)
+        await call.write(upload_chunks(1)[0])  # the stream stays open for writing
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await asyncio.wait_for(call, timeout=2)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def health_status(address: str, tls: ClientTls) -> int:

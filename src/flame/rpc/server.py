@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# How long a refused client stream is still read before its status goes out.
+_DRAIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,9 @@ class _DomainErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
             return handler
         wrapped = self._wrapped.get(id(handler))
         if wrapped is None:
-            wrapped = wrap_handler(handler, _guard_unary, _guard_stream)
+            wrapped = wrap_handler(
+                handler, _guard_unary, _guard_stream, wrap_client_stream=_guard_client_stream
+            )
             # Keep `handler` alive with its wrapper so its id is never reused.
             self._wrapped[id(handler)] = wrapped
             self._originals.append(handler)
@@ -112,9 +116,13 @@ def wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     wrap_unary: Callable[[Callable[..., Any]], Callable[..., Any]],
     wrap_stream: Callable[[Callable[..., Any]], Callable[..., Any]],
+    *,
+    wrap_client_stream: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind as `handler` whose behavior is wrapped: with
-    `wrap_unary` when it returns one response, `wrap_stream` when it streams."""
+    `wrap_unary` when it returns one response, `wrap_stream` when it streams,
+    `wrap_client_stream` (default `wrap_unary`) when it reads a stream and
+    returns one response."""
     serializers = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
@@ -122,7 +130,8 @@ def wrap_handler(
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **serializers)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **serializers)
+        wrap = wrap_client_stream or wrap_unary
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **serializers)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
             wrap_stream(handler.unary_stream), **serializers
@@ -135,12 +144,63 @@ def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await behavior(request, context)
-        except FlameError as error:
-            await context.abort_with_status(to_rpc_status(error))  # type: ignore[attr-defined]
-        except NotImplementedError:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+        except (FlameError, NotImplementedError) as error:
+            await _abort(context, error)
 
     return guarded
+
+
+def _guard_client_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def guarded(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        requests = _RequestStream(request_iterator)
+        try:
+            return await behavior(requests, context)
+        except (FlameError, NotImplementedError) as error:
+            # A grpc.aio client still writing when the status arrives can lose it
+            # and report INTERNAL "Internal error from Core" instead (measured: 4
+            # of 300 refused uploads, grpcio 1.85). Reading the rest first avoids it.
+            await requests.drain(_DRAIN_SECONDS)
+            await _abort(context, error)
+
+    return guarded
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], error: FlameError | NotImplementedError
+) -> None:
+    if isinstance(error, FlameError):
+        await context.abort_with_status(to_rpc_status(error))  # type: ignore[attr-defined]
+    else:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+
+
+class _RequestStream:
+    """A client's request stream that knows whether it was read to its end."""
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._requests = requests
+        self._ended = False
+
+    def __aiter__(self) -> _RequestStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await anext(self._requests)
+        except StopAsyncIteration:
+            self._ended = True
+            raise
+
+    async def drain(self, seconds: float) -> None:
+        """Read and drop what is left of the stream, for at most `seconds`."""
+        if self._ended:
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                async for _ in self:
+                    pass
+        except Exception:  # best effort: the status to send is the handler's own error
+            _log.debug("a refused request stream could not be read to its end", exc_info=True)
 
 
 def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -153,10 +213,8 @@ def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
         try:
             async for response in behavior(request, context):
                 yield response
-        except FlameError as error:
-            await context.abort_with_status(to_rpc_status(error))  # type: ignore[attr-defined]
-        except NotImplementedError:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+        except (FlameError, NotImplementedError) as error:
+            await _abort(context, error)
 
     return guarded
 
