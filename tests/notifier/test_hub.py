@@ -73,3 +73,23 @@ async def test_a_publish_after_another_hubs_is_delivered_without_waiting_for_the
         assert (await waiting).cursor == 1
         assert (await next_event(stream)).cursor == 2
         assert time.monotonic() - began < 1
+
+
+async def test_a_hub_indexes_its_publications_once_its_publishes_pause(
+    database: AsyncDatabase[Document],
+) -> None:
+    store = EventStore(database)
+    await store.prepare()
+    hub = EventHub(store, poll_seconds=30, index_after_seconds=1.0)
+    await hub.start()
+    try:
+        await hub.publish(["task/a"], DRAFT)
+        await hub.publish(["task/a", "task/b"], DRAFT)
+        pending = database["published"].count_documents
+        assert await pending({"pending": True}) == 2
+        async with asyncio.timeout(5):
+            while await pending({"pending": True}):
+                await asyncio.sleep(0.1)
+        assert await pending({"subscribers": "task/a"}) == 2
+    finally:
+        await hub.close()

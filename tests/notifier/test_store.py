@@ -9,7 +9,12 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 from flame.notifier.app import open_database
-from flame.notifier.store import MAX_SUBSCRIBERS_PER_DOCUMENT, EventDraft, EventStore
+from flame.notifier.store import (
+    MAX_SUBSCRIBERS_PER_DOCUMENT,
+    CursorBeyondLast,
+    EventDraft,
+    EventStore,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -31,7 +36,7 @@ async def test_a_publish_to_1000_subscribers_is_one_document(
     [publication] = await store.publish(subscribers, DRAFT)
     [document] = await database["published"].find().to_list()
     assert document["seq"] == publication.seq == 1
-    assert document["subscribers"] == subscribers
+    assert document["pending_subscribers"] == subscribers
     assert (document["type"], document["job_id"], document["task_ids"]) == (
         "TYPE_START_JOB",
         "job-1",
@@ -39,6 +44,43 @@ async def test_a_publish_to_1000_subscribers_is_one_document(
     )
     [event] = await store.events_after(subscribers[500], 0, limit=10)
     assert (event.subscriber, event.cursor, event.task_ids) == (subscribers[500], 1, ("t1", "t2"))
+
+
+async def test_pending_publications_are_found_before_and_after_they_are_indexed(
+    store: EventStore, database: AsyncDatabase[Document]
+) -> None:
+    for subscribers in (["task/a"], ["task/b"], ["task/a", "task/b"]):
+        await store.publish(subscribers, DRAFT)
+    await store.index_pending()
+    await store.publish(["task/a"], DRAFT)  # pending: 4, indexed: 1 to 3
+    published = database["published"]
+    assert [d["seq"] for d in await published.find({"pending": True}).to_list()] == [4]
+    indexed = await published.find({"subscribers": "task/b"}).to_list()
+    assert [(d["seq"], "pending_subscribers" in d) for d in indexed] == [(2, False), (3, False)]
+    for phase in ("some pending", "all indexed"):
+        assert [e.cursor for e in await store.events_after("task/a", 0, limit=10)] == [1, 3, 4]
+        assert [e.cursor for e in await store.events_after("task/a", 1, limit=2)] == [3, 4]
+        assert (await store.last_cursor("task/a"), await store.last_cursor("task/b")) == (4, 3)
+        await store.ack("task/a", 4)
+        with pytest.raises(CursorBeyondLast):
+            await store.ack("task/b", 4)
+        assert [p.subscribers for p in await store.publications_after(2, limit=10)] == [
+            ("task/a", "task/b"),
+            ("task/a",),
+        ], phase
+        assert await store.index_pending() == (1 if phase == "some pending" else 0)
+
+
+async def test_a_replay_while_publications_are_indexed_misses_none(store: EventStore) -> None:
+    for _ in range(30):
+        await store.publish(["task/a"], DRAFT)
+    indexing = asyncio.create_task(store.index_pending())
+    replays = []
+    while not indexing.done():
+        replays.append([e.cursor for e in await store.events_after("task/a", 0, limit=100)])
+    await indexing
+    assert len(replays) > 1  # the replays ran while documents were moved
+    assert all(replay == list(range(1, 31)) for replay in replays)
 
 
 async def test_a_publish_beyond_the_document_limit_is_split_with_consecutive_seqs(

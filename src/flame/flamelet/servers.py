@@ -3,11 +3,9 @@ calls over a Unix socket, and the PeerService peer flamelets call over TCP."""
 
 from __future__ import annotations
 
-import grpc
-
 from flame.dataplane.v1 import channel_service_pb2, channel_service_pb2_grpc
 from flame.peer.v1 import peer_service_pb2, peer_service_pb2_grpc
-from flame.rpc.server import Service, bind
+from flame.rpc.server import Service, bind, bind_serialized
 
 __all__ = ["TRANSFER_CHUNKS_METHOD", "channel_services", "peer_services"]
 
@@ -27,38 +25,10 @@ def channel_services(servicer: channel_service_pb2_grpc.ChannelServiceServicer) 
 
 
 def peer_services(servicer: peer_service_pb2_grpc.PeerServiceServicer) -> list[Service]:
-    """The services of the server peer flamelets call."""
-    return [
-        bind(
-            peer_service_pb2.DESCRIPTOR.services_by_name["PeerService"],
-            _add_peer_service,
-            servicer,
-        )
-    ]
+    """The services of the server peer flamelets call.
 
-
-def _add_peer_service(
-    servicer: peer_service_pb2_grpc.PeerServiceServicer, server: grpc.aio.Server
-) -> None:
-    """`add_PeerServiceServicer_to_server`, but TransferChunks takes its requests
-    serialized: the servicer reads them with `flame.wire.chunkframes`, so that a chunk's
-    bytes are never copied through protobuf."""
-    pb = peer_service_pb2
-    handlers = {
-        "AnnouncePresence": grpc.unary_unary_rpc_method_handler(
-            servicer.AnnouncePresence,
-            request_deserializer=pb.AnnouncePresenceRequest.FromString,
-            response_serializer=pb.AnnouncePresenceResponse.SerializeToString,
-        ),
-        "TransferChunks": grpc.stream_stream_rpc_method_handler(
-            servicer.TransferChunks,
-            response_serializer=pb.TransferChunksResponse.SerializeToString,
-        ),
-        "GetTransferState": grpc.unary_unary_rpc_method_handler(
-            servicer.GetTransferState,
-            request_deserializer=pb.GetTransferStateRequest.FromString,
-            response_serializer=pb.GetTransferStateResponse.SerializeToString,
-        ),
-    }
-    name = pb.DESCRIPTOR.services_by_name["PeerService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    TransferChunks takes its requests serialized: the servicer reads them with
+    `flame.wire.chunkframes`, so that a chunk's bytes are never copied through protobuf.
+    """
+    descriptor = peer_service_pb2.DESCRIPTOR.services_by_name["PeerService"]
+    return [bind_serialized(descriptor, servicer, requests={"TransferChunks"})]

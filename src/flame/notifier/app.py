@@ -12,8 +12,8 @@ from flame.notifier.hub import EventHub
 from flame.notifier.servicer import NotifyServicer
 from flame.notifier.store import EventStore
 from flame.notifier.wake import Siblings
-from flame.notify.v1 import notify_service_pb2, notify_service_pb2_grpc
-from flame.rpc.server import RunningServer, ServerOptions, Service, bind, start_server
+from flame.notify.v1 import notify_service_pb2
+from flame.rpc.server import RunningServer, ServerOptions, Service, bind_serialized, start_server
 
 __all__ = ["Notifier", "notifier_services", "open_database", "start_notifier"]
 
@@ -36,13 +36,10 @@ async def open_database(
 
 def notifier_services(store: EventStore, hub: EventHub) -> list[Service]:
     """The services a notifier serves."""
-    return [
-        bind(
-            notify_service_pb2.DESCRIPTOR.services_by_name["NotifyService"],
-            notify_service_pb2_grpc.add_NotifyServiceServicer_to_server,
-            NotifyServicer(store, hub),
-        )
-    ]
+    descriptor = notify_service_pb2.DESCRIPTOR.services_by_name["NotifyService"]
+    # Events are serialized by the servicer (`flame.notifier.encoding`).
+    serialized = {"PublishEvent", "SubscribeEvents"}
+    return [bind_serialized(descriptor, NotifyServicer(store, hub), responses=serialized)]
 
 
 @dataclass

@@ -12,11 +12,13 @@ import asyncio
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -29,6 +31,7 @@ __all__ = [
     "ServerOptions",
     "Service",
     "bind",
+    "bind_serialized",
     "serve_until_signal",
     "start_server",
     "wrap_handler",
@@ -289,3 +292,65 @@ def bind(
     """Describe a servicer to serve: `descriptor` is the service's ServiceDescriptor,
     `add_to_server` the generated `add_<Name>Servicer_to_server`."""
     return Service(descriptor.full_name, lambda server: add_to_server(servicer, server))
+
+
+def bind_serialized(
+    descriptor: ServiceDescriptor,
+    servicer: Any,
+    *,
+    requests: Collection[str] = (),
+    responses: Collection[str] = (),
+) -> Service:
+    """Describe a servicer to serve, like `bind`, whose methods named in `requests` take
+    their requests serialized (bytes, which they parse themselves) and whose methods named
+    in `responses` return or write their responses serialized: laid out by hand where
+    protobuf would copy large data, or build the same message many times over."""
+    for name in (*requests, *responses):
+        if name not in descriptor.methods_by_name:
+            raise ValueError(f"{descriptor.full_name} has no method {name}")
+
+    def register(server: grpc.aio.Server) -> None:
+        handlers = {
+            method.name: _method_handler(
+                getattr(servicer, method.name),
+                method,
+                serialized_request=method.name in requests,
+                serialized_response=method.name in responses,
+            )
+            for method in descriptor.methods
+        }
+        generic = grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+        server.add_generic_rpc_handlers((generic,))
+        # As generated code does: registered methods skip the generic lookup per call.
+        server.add_registered_method_handlers(  # type: ignore[attr-defined]  # not in grpc-stubs
+            descriptor.full_name, handlers
+        )
+
+    return Service(descriptor.full_name, register)
+
+
+# The handler of a method, by (client streams, server streams).
+_HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _method_handler(
+    behavior: Callable[..., Any],
+    method: MethodDescriptor,
+    *,
+    serialized_request: bool,
+    serialized_response: bool,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    make = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+    request_class = GetMessageClass(method.input_type)
+    response_class = GetMessageClass(method.output_type)
+    return make(
+        behavior,
+        # None passes the bytes through untouched.
+        request_deserializer=None if serialized_request else request_class.FromString,
+        response_serializer=None if serialized_response else response_class.SerializeToString,
+    )

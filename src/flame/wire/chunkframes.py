@@ -20,12 +20,12 @@ from typing import Final, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from flame.transport.v1 import frame_pb2
+from flame.wire.protowire import LEN, key, varint
 
 __all__ = ["encode_chunk", "field_number", "read_chunk_frame", "split_chunk"]
 
-_LEN: Final = 2  # The wire type of bytes, strings and messages.
 _DATA_FIELD: Final = frame_pb2.Chunk.DESCRIPTOR.fields_by_name["data"].number
-_DATA_TAG: Final = bytes([_DATA_FIELD << 3 | _LEN])
+_DATA_TAG: Final = key(_DATA_FIELD, LEN)
 # Value sizes of the fixed-width wire types: I64 and I32.
 _FIXED_SIZES: Final = {1: 8, 5: 4}
 
@@ -67,8 +67,8 @@ def encode_chunk(head: frame_pb2.Chunk, data: _Bytes, outer_field: int) -> bytes
 
     `head.data` must be empty: the data goes in once, here.
     """
-    inner = head.SerializeToString() + _DATA_TAG + _varint(len(data))
-    outer = bytes([outer_field << 3 | _LEN]) + _varint(len(inner) + len(data))
+    inner = head.SerializeToString() + _DATA_TAG + varint(len(data))
+    outer = key(outer_field, LEN) + varint(len(inner) + len(data))
     return b"".join((outer, inner, data))
 
 
@@ -82,12 +82,12 @@ def split_chunk(buffer: bytes, outer_field: int) -> tuple[frame_pb2.Chunk, memor
     """
     view = memoryview(buffer)
     fields = _fields(view, 0, len(view))
-    if [(field.number, field.wire) for field in fields] != [(outer_field, _LEN)]:
+    if [(field.number, field.wire) for field in fields] != [(outer_field, LEN)]:
         return None
     head = bytearray()
     data = view[0:0]
     for field in _fields(view, fields[0].value_start, fields[0].end):
-        if (field.number, field.wire) == (_DATA_FIELD, _LEN):
+        if (field.number, field.wire) == (_DATA_FIELD, LEN):
             data = view[field.value_start : field.end]  # the last one wins, as in protobuf
         else:
             head += view[field.start : field.end]
@@ -108,15 +108,15 @@ def _fields(view: memoryview, start: int, end: int) -> list[_Field]:
     fields = []
     position = start
     while position < end:
-        key, value_start = _read_varint(view, position, end)
-        number, wire = key >> 3, key & 7
+        field_key, value_start = _read_varint(view, position, end)
+        number, wire = field_key >> 3, field_key & 7
         if number == 0:
             raise DecodeError("a field numbered 0")
         if wire == 0:
             _, value_end = _read_varint(view, value_start, end)
         elif wire in _FIXED_SIZES:
             value_end = value_start + _FIXED_SIZES[wire]
-        elif wire == _LEN:
+        elif wire == LEN:
             length, value_start = _read_varint(view, value_start, end)
             value_end = value_start + length
         else:
@@ -138,12 +138,3 @@ def _read_varint(view: memoryview, position: int, end: int) -> tuple[int, int]:
             return value, position
         shift += 7
     raise DecodeError("a truncated or overlong varint")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
