@@ -18,7 +18,7 @@ from flame.rpc import server as rpc_server
 from flame.rpc.certs import CertificateAuthority
 from flame.rpc.client import open_channel
 from flame.rpc.errors import FieldViolation, InvalidArgument, NotFound, error_details
-from flame.rpc.server import RunningServer, ServerOptions, bind, start_server
+from flame.rpc.server import RunningServer, ServerOptions, bind, bind_serialized, start_server
 from flame.rpc.tls import ClientTls, ServerTls
 
 NOTIFY = notify_service_pb2.DESCRIPTOR.services_by_name["NotifyService"]
@@ -242,3 +242,8 @@ async def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(tmp_path
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await running.stop()
+
+
+def test_a_serialized_binding_must_name_methods_of_its_service() -> None:
+    with pytest.raises(ValueError, match="NotifyService has no method Publish"):
+        bind_serialized(NOTIFY, FailingNotifier(), responses={"Publish"})
