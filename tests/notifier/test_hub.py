@@ -93,3 +93,29 @@ async def test_a_hub_indexes_its_publications_once_its_publishes_pause(
         assert await pending({"subscribers": "task/a"}) == 2
     finally:
         await hub.close()
+
+
+async def test_heartbeats_come_only_after_a_whole_idle_interval(hubs: list[EventHub]) -> None:
+    hub = hubs[0]
+    async with contextlib.aclosing(hub.follow("task/a", 0, heartbeat_seconds=0.5)) as stream:
+        received: list[tuple[str, float]] = []
+
+        async def read() -> None:
+            async for item in stream:
+                received.append((type(item).__name__, time.monotonic()))
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        for _ in range(6):  # busy for 1.2 s: never idle for 0.5 s
+            await hub.publish(["task/a"], DRAFT)
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.6)  # then idle
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    kinds = [kind for kind, _ in received]
+    assert kinds == ["StoredEvent"] * 6 + ["Heartbeat"], kinds
+    last_event, heartbeat = received[-2][1], received[-1][1]
+    assert 0.45 <= heartbeat - last_event < 0.7
+    assert heartbeat - began > 1.2
