@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf import json_format
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,16 +19,16 @@ WHEN = datetime(2026, 11, 28, 12, 30, 15, 123000, tzinfo=UTC)
 
 
 def expected(event: StoredEvent) -> event_pb2.Event:
-    publish_time = Timestamp()
-    publish_time.FromDatetime(event.publish_time)
-    return event_pb2.Event(
-        cursor=event.cursor,
-        subscriber=event.subscriber,
-        type=event_pb2.Event.Type.Value(event.type),
-        job_id=event.job_id,
-        task_ids=event.task_ids,
-        publish_time=publish_time,
-    )
+    """The event as protobuf builds it, from its JSON mapping: an oracle of another make."""
+    fields = {
+        "cursor": str(event.cursor),
+        "subscriber": event.subscriber,
+        "type": event.type,
+        "jobId": event.job_id,
+        "taskIds": list(event.task_ids),
+        "publishTime": event.publish_time.isoformat(),
+    }
+    return json_format.ParseDict(fields, event_pb2.Event())
 
 
 names = st.text(min_size=1, max_size=80)
