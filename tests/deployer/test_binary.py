@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pymongo import AsyncMongoClient
 
 from flame.compute.v1 import compute_pb2
 from flame.deployer.deployer import SHUTDOWN_MESSAGE
+from flame.deployer.launcher import STATUS_UNKNOWN, describe_exit
 from flame.notifier.app import Notifier, open_database, start_notifier
 from flame.notify.v1 import event_pb2, notify_service_pb2, notify_service_pb2_grpc
 from flame.rpc.client import open_channel
@@ -192,25 +194,42 @@ async def test_a_republished_add_starts_nothing_twice(
         assert log.read_text().count("fake flamelet") == 1
 
 
-async def test_revoke_stops_the_flamelets_and_their_children(
+@dataclass
+class Deployed:
+    """A deployer running the two sleeping flamelets of `job`, and what they recorded."""
+
+    deployer: DeployerProcess
+    flamelet: FakeFlamelet
+    records: dict[str, Any]
+
+
+@pytest.fixture
+async def deployed(
     start_deployer: StartDeployer,
     fake_flamelet: MakeFlamelet,
+    publish: Callable[..., Awaitable[None]],
+    job: str,
+) -> Deployed:
+    flamelet = fake_flamelet("sleep")
+    deployer = await start_deployer(flamelet)
+    await publish(Event.TYPE_ADD_RESOURCE, job)
+    return Deployed(deployer, flamelet, await flamelet.wait_for_records(2))
+
+
+async def test_revoke_stops_the_flamelets_and_their_children(
+    deployed: Deployed,
     publish: Callable[..., Awaitable[None]],
     compute_server: ComputeServer,
     job: str,
 ) -> None:
-    flamelet = fake_flamelet("sleep")
-    deployer = await start_deployer(flamelet)
-    await publish(Event.TYPE_ADD_RESOURCE, job)
-    await flamelet.wait_for_records(2)
-    pids = flamelet.pids()
+    pids = deployed.flamelet.pids()
     assert len(pids) == 4 and all(alive(pid) for pid in pids)
     await publish(Event.TYPE_REVOKE_RESOURCE, job)
     await compute_server.fake.wait_for(job, S.STATE_REVOKE_SUCCEEDED, 2)
     assert not any(alive(pid) for pid in pids)
     await asyncio.sleep(1)  # two monitor ticks: a revoked flamelet is not reported as exited
     assert S.STATE_EXITED not in [state for _, state, _ in compute_server.fake.states(job)]
-    assert deployer.process.poll() is None
+    assert deployed.deployer.process.poll() is None
 
 
 async def test_a_flamelet_that_exits_is_reported_with_its_status(
@@ -267,3 +286,28 @@ async def test_a_refused_admin_token_stops_it_with_a_clear_message(
     deployer = await start_deployer(fake_flamelet("sleep"), FLAME_DEPLOYER_ADMIN_TOKEN="nope")
     assert await deployer.exit_code() == 1
     assert "RegisterCompute refused (PERMISSION_DENIED" in deployer.output()
+
+
+async def test_a_restarted_deployer_adopts_the_flamelets_a_killed_one_left(
+    deployed: Deployed,
+    start_deployer: StartDeployer,
+    publish: Callable[..., Awaitable[None]],
+    compute_server: ComputeServer,
+    job: str,
+) -> None:
+    deployed.deployer.process.kill()  # no shutdown: its flamelets keep running, unwatched
+    await deployed.deployer.exit_code()
+    assert all(alive(pid) for pid in deployed.flamelet.pids())
+    await start_deployer(deployed.flamelet)
+    # One flamelet dies: the new deployer reports it, not knowing its status.
+    dead, survivor = task_id(job, 0), task_id(job, 1)
+    os.kill(deployed.records[dead]["pid"], signal.SIGKILL)
+    await compute_server.fake.wait_for(job, S.STATE_EXITED, 1)
+    exits = [(t, m) for t, s, m in compute_server.fake.states(job) if s == S.STATE_EXITED]
+    assert exits == [(dead, describe_exit(STATUS_UNKNOWN))]
+    # The other is stopped by a revoke, with its child.
+    await publish(Event.TYPE_REVOKE_RESOURCE, job)
+    await compute_server.fake.wait_for(job, S.STATE_REVOKE_SUCCEEDED, 1)
+    revoked = [t for t, s, _ in compute_server.fake.states(job) if s == S.STATE_REVOKE_SUCCEEDED]
+    assert revoked == [survivor]
+    assert not any(alive(pid) for pid in deployed.flamelet.pids())

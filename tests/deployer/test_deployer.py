@@ -239,3 +239,17 @@ async def test_other_event_types_are_ignored(
 ) -> None:
     await deployer.handle(Event(type=Event.TYPE_START_JOB, job_id="j1"))
     assert (launcher.launches, control.reports) == ([], [])
+
+
+async def test_an_adopted_agent_counts_as_running_and_is_watched(
+    deployer: Deployer, launcher: FakeLauncher, control: FakeControl
+) -> None:
+    adopted = FakeAgent("j1", "t1")
+    deployer.adopt("j1", "t1", adopted)
+    await deployer.handle(add("j1"))  # a redelivered ADD starts only the other task
+    assert [task for _, task, _ in launcher.launches] == ["t2"]
+    assert ("j1/t1", S.STATE_DEPLOY_SUCCEEDED, "already running") in control.reports
+    adopted.ended = "flamelet ended"
+    await deployer.check()
+    assert ("j1/t1", S.STATE_EXITED, "flamelet ended") in control.reports
+    assert deployer.running_tasks("j1") == ["t2"]

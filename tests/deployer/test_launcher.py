@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from flame.compute.v1 import compute_pb2
 from flame.deployer.deployer import AgentError
-from flame.deployer.launcher import FlameletSettings, LocalAgent, LocalLauncher
+from flame.deployer.launcher import (
+    STATUS_UNKNOWN,
+    FlameletSettings,
+    LocalAgent,
+    LocalLauncher,
+    describe_exit,
+)
 from tests.deployer.conftest import FakeFlamelet, MakeFlamelet, alive, eventually
 
 pytestmark = pytest.mark.timeout(20)
@@ -125,3 +133,55 @@ async def test_reap_kills_what_a_dead_flamelet_left_behind(
     os.kill(record["pid"], signal.SIGKILL)
     await eventually(lambda: agent.reap() is not None, what="the flamelet to be gone")
     await eventually(lambda: not alive(record["grandchild"]), what="its child to be killed")
+
+
+async def test_a_later_launcher_adopts_a_running_flamelet_and_stops_it(
+    fake_flamelet: MakeFlamelet, tmp_path: Path
+) -> None:
+    flamelet = fake_flamelet("sleep")
+    launcher_for(flamelet, tmp_path).launch(JOB, credential())  # its deployer "dies"
+    await flamelet.wait_for_records(1)
+    pids = flamelet.pids()
+    [adopted] = launcher_for(flamelet, tmp_path).adopt()
+    assert (adopted.job_id, adopted.task_id, adopted.agent.pid) == (JOB, TASK, pids[0])
+    assert adopted.agent.reap() is None
+    await adopted.agent.stop()
+    assert not any(alive(pid) for pid in pids)
+    assert launcher_for(flamelet, tmp_path).adopt() == []  # stopped: forgotten
+
+
+async def test_an_adopted_flamelet_that_ended_is_reaped_with_an_unknown_status(
+    fake_flamelet: MakeFlamelet, tmp_path: Path
+) -> None:
+    flamelet = fake_flamelet("sleep")
+    first = launcher_for(flamelet, tmp_path).launch(JOB, credential())
+    record = (await flamelet.wait_for_records(1))[TASK]
+    [adopted] = launcher_for(flamelet, tmp_path).adopt()
+    os.kill(record["pid"], signal.SIGKILL)
+    await eventually(lambda: adopted.agent.reap() is not None, what="the flamelet to be gone")
+    assert adopted.agent.reap() == describe_exit(STATUS_UNKNOWN)
+    assert "exit status is unknown" in describe_exit(STATUS_UNKNOWN)
+    await eventually(lambda: not alive(record["grandchild"]), what="its child to be killed")
+    assert first.reap() is not None  # the first launcher's child, no zombie left
+    assert launcher_for(flamelet, tmp_path).adopt() == []
+
+
+async def test_a_record_whose_pid_now_names_another_process_never_signals_it(
+    fake_flamelet: MakeFlamelet, tmp_path: Path
+) -> None:
+    records = tmp_path / "work" / "agents"
+    records.mkdir(parents=True)
+    # A group leader that holds the recorded pid, started at another time: a pid reused.
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        record = {"job_id": JOB, "pid": stranger.pid, "started": 1}
+        (records / f"{TASK}.json").write_text(json.dumps(record))
+        (records / "torn.json").write_text('{"job_id": ')
+        [adopted] = launcher_for(fake_flamelet("sleep"), tmp_path).adopt()
+        assert adopted.agent.reap() == describe_exit(STATUS_UNKNOWN)
+        await adopted.agent.stop()
+        assert stranger.poll() is None  # neither reap nor stop signalled its group
+        assert list(records.iterdir()) == []
+    finally:
+        stranger.kill()
+        stranger.wait()

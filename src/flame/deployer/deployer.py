@@ -118,6 +118,14 @@ class Deployer:
         self._outbox: dict[str, list[AgentStatus]] = {}  # by job id
         self._sending = asyncio.Lock()
 
+    def adopt(self, job_id: str, task_id: str, agent: Agent) -> None:
+        """Watch and stop `agent`, which an earlier deployer started for `task_id`, as its own.
+
+        Call before `handle` sees any event: a redelivered ADD then finds it running.
+        """
+        self._agents[task_id] = _Running(job_id, agent)
+        _log.info("adopted agent", extra={"job": job_id, "task": task_id})
+
     def running_tasks(self, job_id: str) -> list[str]:
         """Ids of the job's tasks whose agents this deployer runs."""
         return [task for task, running in self._agents.items() if running.job_id == job_id]

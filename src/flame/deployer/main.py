@@ -148,6 +148,8 @@ async def _serve(setup: _Setup) -> None:
             return
         launcher = LocalLauncher(setup.flamelet, grace_seconds=setup.grace_seconds)
         deployer = Deployer(client, launcher)
+        for adopted in launcher.adopt():
+            deployer.adopt(adopted.job_id, adopted.task_id, adopted.agent)
         monitor = asyncio.create_task(deployer.monitor())
         try:
             await follow_events(
