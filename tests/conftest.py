@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from tests.support.controlplane import ControlPlane, running_control_plane
 from tests.support.mongo import secantus_server
+
+Document = dict[str, Any]
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +28,14 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def database_name() -> str:
     """A database name no other test uses, so every test starts from empty state."""
     return f"flame_test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def database(mongo_uri: str, database_name: str) -> AsyncIterator[AsyncDatabase[Document]]:
+    """The test's own database on the shared SecantusDB server."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_uri, timeoutMS=10_000)
+    yield client[database_name]
+    await client.close()
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from flame.notifier.app import Notifier, open_database, start_notifier
+from flame.notifier.app import Notifier, start_notifier
 from flame.notify.v1 import event_pb2, notify_service_pb2, notify_service_pb2_grpc
 from flame.rpc.client import open_channel
 from flame.rpc.server import ServerOptions
@@ -19,14 +18,6 @@ Document = dict[str, Any]
 StartNotifier = Callable[..., Awaitable[Notifier]]
 
 START_JOB = event_pb2.Event.TYPE_START_JOB
-
-
-@pytest.fixture
-async def database(mongo_uri: str, database_name: str) -> AsyncIterator[AsyncDatabase[Document]]:
-    client: AsyncMongoClient[Document]
-    client, db = await open_database(mongo_uri, database_name)
-    yield db
-    await client.close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -56,7 +57,7 @@ def test_the_events_of_one_publication_differ_only_in_their_subscriber(
     event: StoredEvent, subscribers: list[str]
 ) -> None:
     encoder = EventEncoder()
-    published = [StoredEvent(s, *_fields_but_subscriber(event)) for s in subscribers]
+    published = [dataclasses.replace(event, subscriber=s) for s in subscribers]
     response = notify_service_pb2.PublishEventResponse.FromString(
         encoder.publish_response(published)
     )
@@ -93,7 +94,3 @@ def test_a_publication_is_serialized_once_while_it_is_remembered(
     assert built == [1, 2, 3]
     encoder.event(StoredEvent("task/c", 1, "TYPE_STOP_JOB", "job", (), WHEN))
     assert built == [1, 2, 3, 1]  # the oldest was forgotten
-
-
-def _fields_but_subscriber(event: StoredEvent) -> tuple[object, ...]:
-    return (event.cursor, event.type, event.job_id, event.task_ids, event.publish_time)

@@ -29,6 +29,7 @@ from grpc_status import rpc_status
 
 __all__ = [
     "DOMAIN",
+    "Aborted",
     "AlreadyExists",
     "ErrorDetails",
     "FailedPrecondition",
@@ -97,6 +98,12 @@ class FailedPrecondition(FlameError):
     """The resource is not in a state that allows the request."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(FlameError):
+    """The request lost a race with a concurrent change; it may be retried."""
+
+    code = grpc.StatusCode.ABORTED
 
 
 class PermissionDenied(FlameError):

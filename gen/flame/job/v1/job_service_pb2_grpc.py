@@ -33,7 +33,9 @@ class JobServiceStub:
     ErrorInfo reasons (domain `flame.dev`): JOB_NOT_FOUND, JOB_INVALID (with
     field violations), DESIGN_NOT_FOUND, SCHEMA_NOT_FOUND, CODE_NOT_FOUND,
     DATASET_NOT_FOUND, ILLEGAL_STATE_TRANSITION (metadata `state` holds the
-    current state), TASK_NOT_FOUND, INVALID_PAGE_TOKEN, INVALID_UPDATE_MASK.
+    current state), TASK_NOT_FOUND, INVALID_PAGE_TOKEN, INVALID_UPDATE_MASK,
+    JOB_CHANGED (ABORTED: the job was started and stopped while an update or a
+    delete was in progress; the call may be retried).
     """
 
     def __init__(self, channel):
@@ -107,7 +109,9 @@ class JobServiceServicer:
     ErrorInfo reasons (domain `flame.dev`): JOB_NOT_FOUND, JOB_INVALID (with
     field violations), DESIGN_NOT_FOUND, SCHEMA_NOT_FOUND, CODE_NOT_FOUND,
     DATASET_NOT_FOUND, ILLEGAL_STATE_TRANSITION (metadata `state` holds the
-    current state), TASK_NOT_FOUND, INVALID_PAGE_TOKEN, INVALID_UPDATE_MASK.
+    current state), TASK_NOT_FOUND, INVALID_PAGE_TOKEN, INVALID_UPDATE_MASK,
+    JOB_CHANGED (ABORTED: the job was started and stopped while an update or a
+    delete was in progress; the call may be retried).
     """
 
     def CreateJob(self, request, context):
@@ -263,7 +267,9 @@ class JobService:
     ErrorInfo reasons (domain `flame.dev`): JOB_NOT_FOUND, JOB_INVALID (with
     field violations), DESIGN_NOT_FOUND, SCHEMA_NOT_FOUND, CODE_NOT_FOUND,
     DATASET_NOT_FOUND, ILLEGAL_STATE_TRANSITION (metadata `state` holds the
-    current state), TASK_NOT_FOUND, INVALID_PAGE_TOKEN, INVALID_UPDATE_MASK.
+    current state), TASK_NOT_FOUND, INVALID_PAGE_TOKEN, INVALID_UPDATE_MASK,
+    JOB_CHANGED (ABORTED: the job was started and stopped while an update or a
+    delete was in progress; the call may be retried).
     """
 
     @staticmethod

@@ -25,7 +25,7 @@ from flame.controller.store.jobs import ACTIVE_STATES, TERMINAL_TASK_STATES, Job
 from flame.controller.validation import check_roles_have_code, validate_job_spec
 from flame.job.v1 import job_pb2, job_service_pb2_grpc, task_pb2
 from flame.job.v1 import job_service_pb2 as pb
-from flame.rpc.errors import FailedPrecondition
+from flame.rpc.errors import Aborted, FailedPrecondition
 
 __all__ = ["JobServicer"]
 
@@ -96,15 +96,19 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             request.job, job, replace_message_field=True, replace_repeated_field=True
         )
         tasks = await self._expand(job)
-        return pb.UpdateJobResponse(job=await self._jobs.replace(job, tasks))
+        replaced = await self._jobs.replace(job, tasks)
+        if replaced is None:  # started meanwhile
+            _require_inactive(await self._jobs.get(caller.user_id, job.id), "updated")
+            raise _changed_meanwhile(job.id, "updated")
+        return pb.UpdateJobResponse(job=replaced)
 
     async def DeleteJob(
         self, request: pb.DeleteJobRequest, context: Context
     ) -> pb.DeleteJobResponse:
         caller = caller_of(context)
-        job = await self._jobs.get(caller.user_id, request.job_id)
-        _require_inactive(job, "deleted")
-        await self._jobs.delete(caller.user_id, request.job_id)
+        if not await self._jobs.delete(caller.user_id, request.job_id):
+            _require_inactive(await self._jobs.get(caller.user_id, request.job_id), "deleted")
+            raise _changed_meanwhile(request.job_id, "deleted")
         return pb.DeleteJobResponse()
 
     async def StartJob(self, request: pb.StartJobRequest, context: Context) -> pb.StartJobResponse:
@@ -200,6 +204,15 @@ def _changed(before: job_pb2.Job, after: job_pb2.Job) -> bool:
         after.state,
         after.reason,
         dict(after.task_counts),
+    )
+
+
+def _changed_meanwhile(job_id: str, action: str) -> Aborted:
+    # Active at the write, inactive again at the read after it: a start and a stop in between.
+    return Aborted(
+        "JOB_CHANGED",
+        f"job '{job_id}' was started while it was {action}; try again",
+        metadata={"job": job_id},
     )
 
 

@@ -2,7 +2,9 @@
 
 A job document keeps its spec under `resource` and its changing status at the
 top level (state, reason, times), so state transitions are single atomic
-updates that compare the current state; a task document does the same.
+updates that compare the current state; a task document does the same. Replacing
+and deleting a job compare its state too, in the same write, so that a start
+that comes in between wins cleanly instead of running on half-replaced tasks.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import datetime
 from collections.abc import Iterable
 from typing import Any
 
+import pymongo
 from bson import Binary, ObjectId
 from bson.errors import InvalidId
 from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from flame.controller.store.documents import Document, from_document, now, timestamp, to_document
@@ -28,6 +32,7 @@ Task = task_pb2.Task
 ACTIVE_STATES = frozenset(
     {Job.STATE_STARTING, Job.STATE_DEPLOYING, Job.STATE_RUNNING, Job.STATE_STOPPING}
 )
+_INACTIVE = {"state": {"$nin": [Job.State.Name(state) for state in ACTIVE_STATES]}}
 TERMINAL_TASK_STATES = frozenset({Task.STATE_COMPLETED, Task.STATE_FAILED, Task.STATE_TERMINATED})
 # The task states an agent may move a task from, per reported state.
 _TASK_TRANSITIONS: dict[Task.State.ValueType, tuple[Task.State.ValueType, ...]] = {
@@ -37,6 +42,8 @@ _TASK_TRANSITIONS: dict[Task.State.ValueType, tuple[Task.State.ValueType, ...]] 
     Task.STATE_TERMINATED: (Task.STATE_READY, Task.STATE_RUNNING),
 }
 _LOG_TAIL_BYTES = 4096
+# A replacement, its retries on write conflicts included, ends within this many seconds.
+_REPLACE_TIMEOUT = 30.0
 
 
 def task_state_name(state: Task.State.ValueType) -> str:
@@ -117,21 +124,35 @@ class JobStore:
     async def count_for_design(self, owner: str, design_id: str) -> int:
         return await self._jobs.count_documents({"owner": owner, "design_id": design_id})
 
-    async def replace(self, job: Job, tasks: Iterable[Task]) -> Job:
-        """Store a new spec for an inactive job, with freshly expanded tasks, back in READY."""
-        await self._tasks.delete_many({"job_id": job.id})
-        await self._logs.delete_many({"job_id": job.id})
-        await self._insert_tasks(job.id, tasks)
-        await self._jobs.update_one(
-            {"_id": ObjectId(job.id)},
-            {
-                "$set": {
-                    "resource": to_document(_spec(job)),
-                    "dataset_ids": _dataset_ids(job),
-                    **_status(Job.STATE_READY, now()),
-                }
-            },
-        )
+    async def replace(self, job: Job, tasks: Iterable[Task]) -> Job | None:
+        """Store a new spec for an inactive job, with freshly expanded tasks, back in READY;
+        None, and nothing changed, if the job is active by now."""
+        task_list = list(tasks)
+
+        async def store(session: AsyncClientSession) -> bool:
+            # The job first: a start racing this one conflicts here, before any task goes.
+            claimed = await self._jobs.update_one(
+                {"_id": ObjectId(job.id), **_INACTIVE},
+                {
+                    "$set": {
+                        "resource": to_document(_spec(job)),
+                        "dataset_ids": _dataset_ids(job),
+                        **_status(Job.STATE_READY, now()),
+                    }
+                },
+                session=session,
+            )
+            if claimed.matched_count == 0:
+                return False
+            await self._tasks.delete_many({"job_id": job.id}, session=session)
+            await self._logs.delete_many({"job_id": job.id}, session=session)
+            await self._insert_tasks(job.id, task_list, session=session)
+            return True
+
+        with pymongo.timeout(_REPLACE_TIMEOUT):
+            async with self._jobs.database.client.start_session() as session:
+                if not await session.with_transaction(store):
+                    return None
         return await self.get(job.owner, job.id)
 
     async def transition(
@@ -167,12 +188,21 @@ class JobStore:
             raise _job_not_found(job_id)
         return document
 
-    async def delete(self, owner: str, job_id: str) -> None:
-        result = await self._jobs.delete_one({"_id": _object_id(job_id), "owner": owner})
+    async def delete(self, owner: str, job_id: str) -> bool:
+        """Delete an inactive job with its tasks and logs; False if the job is active.
+
+        Raises:
+            NotFound: `owner` has no such job.
+        """
+        query = {"_id": _object_id(job_id), "owner": owner}
+        result = await self._jobs.delete_one({**query, **_INACTIVE})
         if result.deleted_count == 0:
-            raise _job_not_found(job_id)
+            if await self._jobs.count_documents(query, limit=1) == 0:
+                raise _job_not_found(job_id)
+            return False
         await self._tasks.delete_many({"job_id": job_id})
         await self._logs.delete_many({"job_id": job_id})
+        return True
 
     async def _with_counts(self, documents: list[Document]) -> list[Job]:
         ids = [str(document["_id"]) for document in documents]
@@ -188,7 +218,9 @@ class JobStore:
 
     # Tasks.
 
-    async def _insert_tasks(self, job_id: str, tasks: Iterable[Task]) -> None:
+    async def _insert_tasks(
+        self, job_id: str, tasks: Iterable[Task], session: AsyncClientSession | None = None
+    ) -> None:
         documents = [
             {
                 "job_id": job_id,
@@ -202,7 +234,7 @@ class JobStore:
             for index, task in enumerate(tasks)
         ]
         if documents:
-            await self._tasks.insert_many(documents)
+            await self._tasks.insert_many(documents, session=session)
 
     async def list_tasks(
         self, job_id: str, *, after: int | None = None, limit: int = 0
