@@ -117,5 +117,5 @@ async def test_heartbeats_come_only_after_a_whole_idle_interval(hubs: list[Event
     kinds = [kind for kind, _ in received]
     assert kinds == ["StoredEvent"] * 6 + ["Heartbeat"], kinds
     last_event, heartbeat = received[-2][1], received[-1][1]
-    assert 0.45 <= heartbeat - last_event < 0.7
+    assert 0.45 <= heartbeat - last_event < 1.0  # at the interval, give or take a busy loop
     assert heartbeat - began > 1.2
