@@ -81,13 +81,13 @@ def test_a_publication_is_serialized_once_while_it_is_remembered(
 ) -> None:
     monkeypatch.setattr(encoding, "_REMEMBERED_PUBLICATIONS", 2)
     built: list[int] = []
-    to_proto = encoding._to_proto
+    shared_fields = encoding._shared_fields
 
     def counting(event: StoredEvent) -> event_pb2.Event:
         built.append(event.cursor)
-        return to_proto(event)
+        return shared_fields(event)
 
-    monkeypatch.setattr(encoding, "_to_proto", counting)
+    monkeypatch.setattr(encoding, "_shared_fields", counting)
     encoder = EventEncoder()
     for cursor, subscriber in [(1, "task/a"), (1, "task/b"), (2, "task/a"), (3, "task/a")]:
         encoder.event(StoredEvent(subscriber, cursor, "TYPE_STOP_JOB", "job", (), WHEN))

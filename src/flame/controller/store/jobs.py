@@ -32,7 +32,9 @@ Task = task_pb2.Task
 ACTIVE_STATES = frozenset(
     {Job.STATE_STARTING, Job.STATE_DEPLOYING, Job.STATE_RUNNING, Job.STATE_STOPPING}
 )
-_INACTIVE = {"state": {"$nin": [Job.State.Name(state) for state in ACTIVE_STATES]}}
+# As stored: state names. `_INACTIVE` filters on what may be replaced or deleted.
+_ACTIVE_NAMES = sorted(Job.State.Name(state) for state in ACTIVE_STATES)
+_INACTIVE = {"state": {"$nin": _ACTIVE_NAMES}}
 TERMINAL_TASK_STATES = frozenset({Task.STATE_COMPLETED, Task.STATE_FAILED, Task.STATE_TERMINATED})
 # The task states an agent may move a task from, per reported state.
 _TASK_TRANSITIONS: dict[Task.State.ValueType, tuple[Task.State.ValueType, ...]] = {
@@ -113,8 +115,7 @@ class JobStore:
 
     async def ids_to_reconcile(self) -> list[str]:
         """Active jobs, and finished ones whose agents may still need stopping."""
-        names = [Job.State.Name(state) for state in ACTIVE_STATES]
-        query = {"$or": [{"state": {"$in": names}}, {"revoke_pending": True}]}
+        query = {"$or": [{"state": {"$in": _ACTIVE_NAMES}}, {"revoke_pending": True}]}
         return [str(document["_id"]) async for document in self._jobs.find(query, {"_id": 1})]
 
     async def count_using_dataset(self, dataset_id: str) -> int:
